@@ -1,0 +1,44 @@
+"""MLflow tracking setup shared by every trainer and the benchmark.
+
+The default store is local: sqlite plus an artifact folder, both under the data directory, so
+nothing is written outside it. ``MLFLOW_TRACKING_URI`` or ``mlflow.tracking_uri`` in params
+points at a server instead.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ops.layout import DataLayout
+
+
+def tracking_uri(layout: DataLayout, configured: str | None = None) -> str:
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    layout.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{layout.mlflow_db}"
+
+
+def setup_mlflow(layout: DataLayout, params: dict[str, Any]) -> str:
+    """Point mlflow at the configured store and make sure the experiment exists.
+
+    Returns the experiment id. The experiment's artifact location is pinned to the data
+    directory when the store is the local default.
+    """
+    import mlflow
+
+    cfg = params.get("mlflow") or {}
+    uri = tracking_uri(layout, cfg.get("tracking_uri"))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    name = cfg.get("experiment", "llcm")
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        layout.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+        location = layout.mlflow_artifacts.as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)

@@ -1,0 +1,1 @@
+"""Verbs of the ``llcm`` command line, one module each."""

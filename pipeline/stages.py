@@ -1,0 +1,34 @@
+"""The pipeline's stages by name, each an ``ops`` function ``(params, layout) -> summary``.
+
+Dagster assets, ``llcm stage NAME`` (what ``dvc.yaml`` runs) and tests call the same function,
+so the three ways of running a stage cannot drift apart. Entries are import strings, resolved on
+use, so that listing stages imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from ops.layout import DataLayout
+
+StageFn = Callable[[dict[str, Any], DataLayout], dict[str, Any]]
+
+STAGES: dict[str, str] = {
+    "raw_sources": "ops.sources.materialize:materialize_raw_sources",
+    "medimgs_manifest": "ops.cleaning.build:build_medimgs",
+    "autoencoder": "ops.autoencoder:build_autoencoder",
+    "latents": "ops.latents:build_latents",
+    "teacher": "ops.teacher:build_teacher",
+    "llcm": "ops.distill_stage:build_llcm",
+    "lcm": "ops.distill_stage:build_lcm",
+    "llcm2": "ops.distill_stage:build_llcm2",
+}
+
+
+def resolve(name: str) -> StageFn:
+    if name not in STAGES:
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}")
+    module, _, attr = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

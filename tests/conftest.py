@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated data directory and the ``micro`` preset for every test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ops.config import load_params
+from ops.layout import DataLayout
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own data dir; nothing reaches the repo's ./data or the network."""
+    monkeypatch.setenv("LLCM_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("LLCM_PRESET", raising=False)
+    monkeypatch.delenv("LLCM_PARAMS", raising=False)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> DataLayout:
+    return DataLayout.from_env(tmp_path / "data")
+
+
+@pytest.fixture
+def micro_params() -> dict:
+    """params.yaml with the micro preset: every stage trains in seconds."""
+    return load_params(REPO / "params.yaml", preset="micro")
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
