@@ -6,6 +6,8 @@ stage is adding a module; jobs and schedules live in their own modules.
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 import assets
@@ -14,8 +16,15 @@ from pipeline.resources import default_resources
 all_assets = dg.load_assets_from_package_module(assets)
 all_checks = dg.load_asset_checks_from_package_module(assets)
 
+# Training steps already use every core through torch's thread pool; running two at once on a
+# small machine only makes both slower. Raise LLCM_MAX_CONCURRENT on a machine with room.
+executor = dg.multiprocess_executor.configured(
+    {"max_concurrent": int(os.environ.get("LLCM_MAX_CONCURRENT", "1"))}
+)
+
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     resources=default_resources(),
+    executor=executor,
 )
