@@ -1,0 +1,91 @@
+"""The domain classifier: learns separable classes, declared feature dim, exact save/load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from metric_fixtures import make_shape_dataset
+
+from ops.classifier import (
+    CONFIG_FILE,
+    MODEL_NAME,
+    WEIGHTS_FILE,
+    build_domain_classifier,
+    classify,
+    feature_extractor,
+    load_domain_classifier,
+    predict_from_features,
+    torch_threads,
+)
+from ops.config import load_params
+from ops.layout import DataLayout
+from ops.metrics import extract_features, load_images
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One training run for the module: 3 shape classes, 30 train + 12 test images each."""
+    layout = DataLayout.from_env(tmp_path_factory.mktemp("clf") / "data")
+    manifest = make_shape_dataset(layout, n_train=30, n_test=12, n_holdout=2, size=32)
+    params = load_params(REPO / "params.yaml", preset="micro")
+    params["presets"]["micro"]["benchmark"]["classifier_epochs"] = 10
+    params["benchmark"]["classifier_batch_size"] = 16
+    with torch_threads(1):
+        summary = build_domain_classifier(params, layout, device="cpu")
+    return layout, manifest, summary
+
+
+def test_reaches_high_test_accuracy(trained):
+    _, _, summary = trained
+    assert summary["test_accuracy"] >= 0.9, summary
+    assert set(summary["per_class_accuracy"]) == {"cross", "disc", "square"}
+    assert summary["n_train"] == 90 and summary["n_test"] == 36
+    assert summary["n_holdout_excluded"] == 6
+    assert summary["feature_dim"] == 32 and summary["resolution"] == 32
+    assert summary["train_seconds"] > 0
+
+
+def test_saved_as_safetensors_with_config(trained):
+    layout, _, summary = trained
+    directory = layout.model(MODEL_NAME)
+    assert (directory / WEIGHTS_FILE).is_file()
+    assert not list(directory.glob("*.pt")) and not list(directory.glob("*.bin"))
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    assert config["class_names"] == ["cross", "disc", "square"]
+    assert config["summary"]["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_features_have_declared_dim_and_round_trip_exactly(trained):
+    layout, manifest, summary = trained
+    model, names = load_domain_classifier(layout)
+    again, _ = load_domain_classifier(layout)
+    rows = manifest[manifest.split == "test"]
+    images = load_images([layout.root / p for p in rows.path])
+    with torch_threads(1):
+        feats = extract_features(images, feature_extractor(model))
+        feats_again = extract_features(images, feature_extractor(again))
+    assert feats.shape == (len(rows), summary["feature_dim"])
+    assert np.array_equal(feats, feats_again)
+    assert feature_extractor(model).fingerprint == f"domain:{summary['fingerprint']}"
+
+    target = np.array([names.index(c) for c in rows.class_name])
+    with torch_threads(1):
+        predicted = classify(model, images)
+    assert np.array_equal(predicted, predict_from_features(model, feats))
+    assert np.mean(predicted == target) == pytest.approx(summary["test_accuracy"])
+
+
+def test_extractor_follows_clean_fid_input_convention(trained):
+    layout, _, _ = trained
+    model, _ = load_domain_classifier(layout)
+    extractor = feature_extractor(model)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(extractor.fn(x), extractor.fn(x.float()))
+    with pytest.raises(ValueError, match="custom_fn_resize"):
+        extractor.fn(torch.zeros(1, 3, 299, 299))
