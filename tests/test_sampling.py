@@ -1,0 +1,152 @@
+"""Our consistency sampler against stock diffusers' LatentConsistencyModelPipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from micro_sd import IMAGE_SIZE, PROMPTS, build_micro_lcm
+
+from ops.consistency import make_student
+from ops.sampling import (
+    consistency_sample,
+    encode_prompts,
+    generate,
+    image_grid,
+    lcm_timesteps,
+    load_consistency_pipeline,
+    save_consistency_pipeline,
+)
+
+K = 20
+STEPS = [1, 2, 4, 6, 8, 10, 20]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def lcm_dir(tmp_path_factory):
+    """A micro teacher, a student with a random (non-zero) guidance projection, saved."""
+    return build_micro_lcm(tmp_path_factory.mktemp("sampling"), K)
+
+
+@pytest.mark.parametrize("k", [5, 10, 20, 40])
+def test_timesteps_match_lcm_scheduler(k):
+    from diffusers import LCMScheduler
+
+    sched = LCMScheduler(original_inference_steps=1000 // k)
+    for steps in STEPS:
+        sched.set_timesteps(steps)
+        assert lcm_timesteps(steps, 1000 // k).tolist() == sched.timesteps.tolist()
+    with pytest.raises(ValueError, match="steps must be between 1 and"):
+        lcm_timesteps(1000 // k + 1, 1000 // k)
+    with pytest.raises(ValueError, match="steps must be between 1 and"):
+        lcm_timesteps(0, 1000 // k)
+
+
+def test_saved_directory_layout(lcm_dir):
+    index = json.loads((lcm_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "LatentConsistencyModelPipeline"
+    assert index["safety_checker"] == [None, None] and index["feature_extractor"] == [None, None]
+    sched = json.loads((lcm_dir / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["_class_name"] == "LCMScheduler"
+    assert sched["original_inference_steps"] == 1000 // K
+    assert json.loads((lcm_dir / "unet" / "config.json").read_text())["time_cond_proj_dim"] == 16
+    assert not list(lcm_dir.rglob("*.bin")) and list(lcm_dir.rglob("*.safetensors"))
+    assert json.loads((lcm_dir / "llcm.json").read_text())["solver"] == "leapfrog"
+
+
+def test_sampler_matches_stock_pipeline(lcm_dir):
+    from diffusers import LatentConsistencyModelPipeline
+
+    stock = LatentConsistencyModelPipeline.from_pretrained(lcm_dir)
+    stock.set_progress_bar_config(disable=True)
+    ours = load_consistency_pipeline(lcm_dir)
+    prompts = PROMPTS[:2]
+    embeds = encode_prompts(ours.tokenizer, ours.text_encoder, prompts)
+    for steps in STEPS:
+        noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(steps))
+        ref = stock(
+            prompt=prompts,
+            num_inference_steps=steps,
+            guidance_scale=4.0,
+            latents=noise,
+            generator=torch.Generator().manual_seed(7),
+            height=IMAGE_SIZE,
+            width=IMAGE_SIZE,
+            output_type="latent",
+        ).images
+        mine = consistency_sample(
+            ours.unet,
+            embeds,
+            steps,
+            4.0 - 1.0,
+            torch.Generator().manual_seed(7),
+            alphas_cumprod=ours.alphas_cumprod,
+            original_steps=ours.original_steps,
+            latents=noise,
+        )
+        torch.testing.assert_close(mine, ref, rtol=1e-5, atol=1e-5, msg=f"steps={steps}")
+    # The guidance weight reaches the student (the projection is not zero here).
+    other = consistency_sample(
+        ours.unet, embeds, 4, 7.0, torch.Generator().manual_seed(7),
+        alphas_cumprod=ours.alphas_cumprod, original_steps=ours.original_steps, latents=noise,
+    )  # fmt: skip
+    assert not torch.allclose(other, mine)
+
+
+def test_generate_matches_stock_pipeline_images(lcm_dir):
+    """Seeded end to end: prompt -> noise from the generator -> steps -> VAE -> pixels."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    stock = LatentConsistencyModelPipeline.from_pretrained(lcm_dir)
+    stock.set_progress_bar_config(disable=True)
+    ref = stock(
+        prompt=PROMPTS[2],
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        num_images_per_prompt=3,
+        generator=torch.Generator().manual_seed(11),
+        height=IMAGE_SIZE,
+        width=IMAGE_SIZE,
+        output_type="np",
+    ).images
+    images, _ = generate(
+        load_consistency_pipeline(lcm_dir), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
+        num_images=3,
+    )  # fmt: skip
+    assert len(images) == 3 and images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
+    mine = np.stack([np.asarray(im) for im in images]).astype(np.float64)
+    assert np.abs(mine - np.round(ref * 255)).max() <= 1
+    again, _ = generate(
+        load_consistency_pipeline(lcm_dir), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
+        num_images=3,
+    )  # fmt: skip
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(images, again, strict=True))
+    assert image_grid(images).size == (2 * IMAGE_SIZE, 2 * IMAGE_SIZE)
+
+
+def test_generate_rejects_bad_steps(lcm_dir):
+    pipe = load_consistency_pipeline(lcm_dir)
+    for steps in (0, 1000 // K + 1):
+        with pytest.raises(ValueError, match="steps must be between 1 and 50"):
+            generate(pipe, "x", steps=steps)
+
+
+def test_save_requires_a_student_and_a_teacher(tmp_path, lcm_dir):
+    from micro_sd import micro_unet
+
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        save_consistency_pipeline(
+            make_student(micro_unet(), 8), tmp_path / "nope", tmp_path / "o", K
+        )
+    with pytest.raises(ValueError, match="no guidance projection"):
+        save_consistency_pipeline(micro_unet(), lcm_dir, tmp_path / "o", K)
