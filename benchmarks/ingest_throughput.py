@@ -1,0 +1,97 @@
+"""Decode throughput of MedImgs cleaning: 1 worker vs ``ingest.workers``, side by side.
+
+    .venv/bin/python benchmarks/ingest_throughput.py [--preset tiny] [--workers N] [--per-class N]
+
+Generates the phantom source (in ``$LLCM_DATA/tmp/bench-ingest``, inside the data directory),
+lists its files and archive members once, then times the decode step (read, sniff, decode,
+normalise, hash, stage JPEG) with each worker count on the same items, alternating the order
+over ``--repeats`` rounds so machine load hits both alike. Process start-up is part of the
+multi-worker time, as it is in a real run. Also checks both runs give identical outcomes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+# Worker processes re-import this file as their main module, so the heavy imports live inside
+# the functions: a worker then pays only for the decoding modules it actually needs.
+
+
+def time_decode(items, cfg, staging: Path, workers: int) -> tuple[float, list]:
+    from ops.cleaning.build import decode_all, settings_from
+
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    settings = settings_from(cfg, staging)
+    start = time.perf_counter()
+    outcomes = decode_all(items, settings, workers)
+    return time.perf_counter() - start, outcomes
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--workers", type=int, default=None, help="default: ingest.workers")
+    parser.add_argument("--per-class", type=int, default=None, help="default: the preset's")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--data", default=None, help="data directory (default: $LLCM_DATA)")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from ops.cleaning.build import enumerate_all, load_raw, settings_from
+    from ops.config import load_params, stage_config
+    from ops.layout import DataLayout
+    from ops.sources.materialize import materialize_specs
+    from ops.sources.registry import load_registry
+
+    params = load_params(preset=args.preset)
+    cfg = stage_config(params, "ingest")
+    if args.per_class:
+        cfg["phantoms_per_class"] = args.per_class
+    workers = args.workers or int(cfg["workers"])
+    bench = DataLayout.from_env(args.data).tmp / "bench-ingest"
+    shutil.rmtree(bench, ignore_errors=True)
+    layout = DataLayout(bench)
+    materialize_specs(
+        [load_registry(cfg.get("registry"))["phantoms"]], layout, {**cfg, "workers": 1}
+    )
+    index, specs = load_raw(layout)
+    settings = settings_from(cfg, layout.tmp / "staging")
+    items, _ = enumerate_all(layout, index, specs, settings.max_file_bytes)
+
+    times: dict[int, list[float]] = {1: [], workers: []}
+    results = {}
+    for round_ in range(args.repeats):
+        order = (1, workers) if round_ % 2 == 0 else (workers, 1)
+        for count in order:
+            seconds, outcomes = time_decode(items, cfg, layout.tmp / f"staging-{count}", count)
+            times[count].append(seconds)
+            results[count] = sorted(outcomes, key=lambda o: o.source_file)
+    same = results[1] == results[workers]
+    best = {count: min(values) for count, values in times.items()}
+    print(
+        f"preset {args.preset}: {len(items)} files to decode at {cfg['resolution']}px, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(f"{'workers':>8} {'best s':>8} {'median s':>9} {'images/s':>9}")
+    for count in times:
+        print(
+            f"{count:>8} {best[count]:>8.2f} {statistics.median(times[count]):>9.2f} "
+            f"{len(items) / best[count]:>9.1f}"
+        )
+    print(
+        f"speed-up with {workers} workers: {best[1] / best[workers]:.2f}x "
+        f"(outcomes identical: {same})"
+    )
+    shutil.rmtree(bench, ignore_errors=True)
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
