@@ -317,7 +317,9 @@ def distill_loss(
     # 1. (t_{n+k}, t_n) on the skipping grid, w ~ U[w_min, w_max] and its embedding.
     t, s = timestep_pairs(batch, int(cfg["k"]), T, generator, device)
     w = sample_guidance(batch, float(cfg["w_min"]), float(cfg["w_max"]), generator).to(device)
-    w_emb = guidance_embedding(w, student.config.time_cond_proj_dim).to(device)
+    # ``student`` may be wrapped (DistributedDataParallel): its config is on ``.module``.
+    config = getattr(student, "module", student).config
+    w_emb = guidance_embedding(w, config.time_cond_proj_dim).to(device)
 
     # 2. z_{t_{n+k}} = sqrt(a) z_0 + sqrt(1 - a) noise.
     noise = _randn(latents.shape, generator, device, latents.dtype)

@@ -1,0 +1,61 @@
+"""Assets ``llcm``, ``lcm`` and ``llcm2``: consistency models distilled from the teacher.
+
+One asset family: the three differ only in the teacher's solver (``distill.solvers``). Each calls
+its stage function in ``ops.distill_stage`` and attaches the loss, throughput, the registered
+model version and a sample grid (classes x 1, 2, 4, 8 steps).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.metadata import picture
+from pipeline.resources import DataResource, MlflowResource, ParamsResource
+from pipeline.stages import resolve
+
+DESCRIPTIONS = {
+    "llcm": "LLCM: consistency distillation with the paper's leapfrog step (eq. 15-16).",
+    "lcm": "LCM baseline: consistency distillation with the DDIM step.",
+    "llcm2": "LLCM-2: consistency distillation with the second-order leapfrog step.",
+}
+
+
+def distilled_asset(name: str) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=name,
+        deps=["teacher", "latents"],
+        group_name="distill",
+        kinds={"pytorch", "mlflow"},
+        description=DESCRIPTIONS[name],
+    )
+    def _asset(
+        params: ParamsResource, data: DataResource, mlflow: MlflowResource
+    ) -> dg.MaterializeResult:
+        layout, loaded = data.layout, params.load()
+        mlflow.setup(layout, loaded)
+        summary = resolve(name)(loaded, layout)
+        metadata: dict = {
+            "solver": summary["solver"],
+            "k": summary["k"],
+            "steps": summary["final_step"],
+            "resumed_from": summary["resumed_from"],
+            "final_loss": summary["final_loss"],
+            "samples_per_second": summary["samples_per_second"],
+            "world_size": summary["world_size"],
+            "unet_parameters": summary["unet_parameters"],
+            "model_dir": dg.MetadataValue.path(summary["model_dir"]),
+            "mlflow_run_id": summary.get("mlflow_run_id") or "",
+            "loss_curve": dg.MetadataValue.json(summary["loss_curve"]),
+        }
+        if "registered_version" in summary:
+            metadata["registered_version"] = summary["registered_version"]
+        if summary.get("grid"):
+            metadata["samples"] = picture(summary["grid"], f"{name} samples at 1, 2, 4, 8 steps")
+        return dg.MaterializeResult(metadata=metadata)
+
+    return _asset
+
+
+llcm = distilled_asset("llcm")
+lcm = distilled_asset("lcm")
+llcm2 = distilled_asset("llcm2")

@@ -1,0 +1,125 @@
+"""The distillation stages ``lcm``, ``llcm``, ``llcm2`` on a micro teacher (real trainer, real
+MLflow store, real ``accelerate launch``, real SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from model_fixtures import copy_data, micro_test_params, prepared_data
+from safetensors.torch import load_file
+
+from ops.config import REPO_ROOT, stage_config
+from ops.distill_stage import build_lcm, build_llcm, build_llcm2, train_distilled
+from ops.layout import DataLayout
+from ops.training.launch import run_trainer
+
+STEPS = 4
+DISTILL = [f"presets.micro.distill.steps={STEPS}", "distill.checkpoint_every=2", "distill.k=100"]
+
+
+@pytest.fixture(scope="module")
+def teacher_data(tmp_path_factory) -> DataLayout:
+    return prepared_data(tmp_path_factory)
+
+
+@pytest.fixture
+def data(teacher_data, tmp_path) -> DataLayout:
+    return copy_data(teacher_data, DataLayout(tmp_path / "data"))
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def unet_weights(layout: DataLayout, model: str) -> dict[str, torch.Tensor]:
+    return load_file(str(layout.model(model) / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_three_models_train_save_load_in_stock_diffusers_and_register(data):
+    from diffusers import LatentConsistencyModelPipeline
+    from mlflow import MlflowClient
+
+    params = micro_test_params(*DISTILL)
+    summaries = {name: fn(params, data) for name, fn in
+                 [("lcm", build_lcm), ("llcm", build_llcm), ("llcm2", build_llcm2)]}  # fmt: skip
+    assert {s["solver"] for s in summaries.values()} == {"ddim", "leapfrog", "leapfrog2"}
+    for name, summary in summaries.items():
+        assert summary["final_step"] == STEPS and summary["final_loss"] > 0
+        meta = json.loads((data.model(name) / "llcm.json").read_text())
+        assert meta["solver"] == summary["solver"] and meta["original_inference_steps"] == 10
+        assert (data.model(name) / "samples.png").is_file()
+
+    # The leapfrog step at h = 1/2 is DDIM, and all models draw the same random numbers per
+    # step: LLCM and LCM end with bit-identical weights; the second-order solver does not.
+    lcm, llcm, llcm2 = (unet_weights(data, n) for n in ("lcm", "llcm", "llcm2"))
+    assert all(torch.equal(lcm[k], llcm[k]) for k in lcm)
+    assert any(not torch.equal(lcm[k], llcm2[k]) for k in lcm)
+
+    pipe = LatentConsistencyModelPipeline.from_pretrained(data.model("llcm"))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt="MRI of a human brain, glioma", num_inference_steps=2, guidance_scale=4.0,
+               generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+    assert out.images.shape == (1, 32, 32, 3) and out.images.std() > 0
+
+    client = MlflowClient(f"sqlite:///{data.mlflow_db}")
+    for name, summary in summaries.items():
+        version = client.get_model_version_by_alias(name, "champion")
+        assert int(version.version) == summary["registered_version"]
+        run = client.get_run(summary["mlflow_run_id"])
+        assert run.info.status == "FINISHED" and run.data.params["solver"] == summary["solver"]
+        assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1
+
+
+def test_two_processes_distill_on_halves_of_the_global_batch(data, one_thread):
+    params = micro_test_params(*DISTILL, "distill.num_processes=2", "distill.register=false")
+    summary = run_trainer("llcm", params, data, stage_config(params, "distill"))
+    assert summary["world_size"] == 2
+    assert summary["global_batch_size"] == 8 and summary["local_batch_size"] == 4
+    assert summary["samples_per_rank"] == [STEPS * 4, STEPS * 4]
+    assert (data.model("llcm") / "model_index.json").is_file()
+
+
+def test_killed_distillation_resumes_from_its_last_checkpoint(data, tmp_path, one_thread):
+    params = micro_test_params(*DISTILL, "presets.micro.distill.steps=100000",
+                               "distill.register=false")  # fmt: skip
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "ops.training.entry", "lcm", "--params", str(params_file),
+           "--data", str(data.root)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    checkpoints = data.checkpoint_dir("lcm")
+    try:
+        deadline = time.monotonic() + 240
+        while not list(checkpoints.glob("step-*/state.json")):
+            assert proc.poll() is None, "the trainer exited before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    [last] = list(checkpoints.glob("step-*"))
+    killed_at = json.loads((last / "state.json").read_text())["step"]
+    assert killed_at >= 2
+
+    finish = killed_at + 2
+    summary = train_distilled(
+        "lcm",
+        micro_test_params(
+            *DISTILL, f"presets.micro.distill.steps={finish}", "distill.register=false"
+        ),  # fmt: skip
+        data,
+    )
+    assert summary["resumed_from"] == killed_at and summary["final_step"] == finish
+    assert summary["samples_per_rank"] == [2 * 8]
+    assert not checkpoints.exists()
