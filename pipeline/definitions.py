@@ -12,6 +12,7 @@ import dagster as dg
 
 import assets
 from pipeline.resources import default_resources
+from pipeline.schedules import jobs, schedules
 
 all_assets = dg.load_assets_from_package_module(assets)
 all_checks = dg.load_asset_checks_from_package_module(assets)
@@ -26,5 +27,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     resources=default_resources(),
+    jobs=jobs,
+    schedules=schedules,
     executor=executor,
 )

@@ -24,6 +24,9 @@ STAGES: dict[str, str] = {
     "llcm": "ops.distill_stage:build_llcm",
     "lcm": "ops.distill_stage:build_lcm",
     "llcm2": "ops.distill_stage:build_llcm2",
+    "domain_classifier": "ops.classifier:build_domain_classifier",
+    "dreambooth": "ops.dreambooth_stage:build_dreambooth",
+    "benchmark": "ops.benchmark:build_benchmark",
 }
 
 

@@ -1,0 +1,188 @@
+"""Assets of the benchmark grid: ``benchmark_cells`` (one partition per model x steps cell) and
+``benchmark`` (the summary: Table 3, plots, grids, MLflow run).
+
+Two ways to run, on purpose:
+
+* ``benchmark`` alone runs end to end: it first runs every cell of the configured grid that is
+  missing, stale (inputs changed since it was measured) or was skipped (model not built yet),
+  then summarises. This is the unpartitioned path ``make run`` uses.
+* ``benchmark_cells`` re-runs chosen cells from the UI (a partition is ``model|steps``), e.g.
+  after retraining one model; materialising ``benchmark`` afterwards reuses every fresh cell.
+
+Why the summary does not require the partitions to be materialised: ``dagster asset
+materialize --select '*'`` refuses a selection that contains a partitioned asset without
+``--partition``, so the end-to-end run selects ``'* and not key:benchmark_cells'``.
+
+Partitions are static, read from params.yaml when the code location loads:
+``benchmark.models`` x (``benchmark.steps`` plus the fixed step counts of reference rows such
+as ``teacher_ddim50``). Combinations outside the grid (``teacher_ddim50|4``, ``llcm|50``)
+materialise as a no-op that says so.
+"""
+
+import base64
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ops.benchmark_models import grid_cells
+from ops.config import load_params, stage_config
+from pipeline.resources import DataResource, MlflowResource, ParamsResource
+
+# Pictures larger than this are linked by path only: Dagster keeps metadata in its database.
+MAX_EMBEDDED_BYTES = 1_000_000
+UPSTREAM = ["domain_classifier", "teacher", "dreambooth", "llcm", "lcm", "llcm2"]
+
+
+def grid_partitions(params: dict[str, Any] | None = None) -> dg.MultiPartitionsDefinition:
+    """model x steps partitions of the configured grid."""
+    cfg = stage_config(params or load_params(), "benchmark")
+    cells = grid_cells(list(cfg["models"]), [int(s) for s in cfg["steps"]])
+    return dg.MultiPartitionsDefinition(
+        {
+            "model": dg.StaticPartitionsDefinition(list(dict.fromkeys(m for m, _ in cells))),
+            "steps": dg.StaticPartitionsDefinition([str(s) for s in sorted({s for _, s in cells})]),
+        }
+    )
+
+
+BENCHMARK_PARTITIONS = grid_partitions()
+
+
+def with_tracking(params: dict[str, Any], mlflow: MlflowResource) -> dict[str, Any]:
+    """params with the MLflow resource's tracking URI (if set), for ops code that calls
+    ``ops.tracking.setup_mlflow`` itself."""
+    if not mlflow.tracking_uri:
+        return params
+    return {**params, "mlflow": {**params.get("mlflow", {}), "tracking_uri": mlflow.tracking_uri}}
+
+
+def image_markdown(path: str | Path, alt: str) -> dg.MetadataValue:
+    """A PNG as inline markdown (small ones) so the Dagster UI shows it; else its path."""
+    path = Path(path)
+    if not path.is_file():
+        return dg.MetadataValue.text(f"missing: {path}")
+    data = path.read_bytes()
+    if len(data) > MAX_EMBEDDED_BYTES:
+        return dg.MetadataValue.path(str(path))
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})")
+
+
+def cell_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| class | FID | KID | n | class fidelity | s/image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        kid = r.get("kid")
+        lines.append(
+            f"| {r['class_name']} | {r['fid']:.3f} | {'–' if kid is None else f'{kid:.4f}'} | "
+            f"{r['n']} | {r['class_fidelity']:.1%} | {r['seconds_per_image']:.4f} |"
+        )
+    return "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=BENCHMARK_PARTITIONS,
+    deps=UPSTREAM,
+    group_name="benchmark",
+    kinds={"pytorch", "parquet"},
+    description="One benchmark cell (model x steps over the evaluated classes): FID, KID, n, "
+    "class fidelity, seconds per image; reports/cells/<model>__<steps>.parquet.",
+)
+def benchmark_cells(
+    context: dg.AssetExecutionContext, params: ParamsResource, data: DataResource
+) -> dg.MaterializeResult:
+    from ops.benchmark import POOLED, benchmark_config, cell_path, run_cell
+
+    keys = context.partition_key.keys_by_dimension
+    model, steps = keys["model"], int(keys["steps"])
+    loaded = params.load()
+    cfg = benchmark_config(loaded)
+    if (model, steps) not in grid_cells([model], [int(s) for s in cfg["steps"]]):
+        context.log.info(f"{model} at {steps} steps is not a cell of the grid: nothing to do")
+        return dg.MaterializeResult(metadata={"status": "not a grid cell"})
+    rows = run_cell(model, steps, loaded, data.layout)
+    metadata: dict[str, Any] = {
+        "status": rows[0]["status"],
+        "cell": dg.MetadataValue.path(str(cell_path(data.layout, model, steps))),
+    }
+    if rows[0]["status"] == "skipped":
+        context.log.warning(f"{model}@{steps} skipped: {rows[0]['reason']}")
+        metadata["reason"] = rows[0]["reason"]
+        return dg.MaterializeResult(metadata=metadata)
+    pooled = next(r for r in rows if r["class_name"] == POOLED)
+    metadata.update(
+        {
+            "fid": float(pooled["fid"]),
+            "kid": float(pooled["kid"]) if pooled["kid"] is not None else float("nan"),
+            "n": int(pooled["n"]),
+            "class_fidelity": float(pooled["class_fidelity"]),
+            "seconds_per_image": float(pooled["seconds_per_image"]),
+            "per_class": dg.MetadataValue.md(cell_markdown(rows)),
+            "samples": image_markdown(data.layout.root / rows[0]["sample_grid"], "samples"),
+        }
+    )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(
+    # The models too, not only the cells: the end-to-end selection leaves benchmark_cells out,
+    # and the summary (which runs the missing cells) must still wait for every model.
+    deps=[
+        *UPSTREAM,
+        dg.AssetDep("benchmark_cells", partition_mapping=dg.AllPartitionMapping()),
+    ],
+    group_name="benchmark",
+    kinds={"parquet", "mlflow"},
+    description="Table 3 and plots from every cell; runs missing or stale cells first.",
+)
+def benchmark(
+    context: dg.AssetExecutionContext,
+    params: ParamsResource,
+    data: DataResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    from ops.benchmark import run_benchmark
+
+    def progress(name: str, rows: list[dict[str, Any]]) -> None:
+        status = rows[0]["status"]
+        context.log.info(f"cell {name}: {status} {rows[0].get('reason') or ''}".rstrip())
+
+    summary = run_benchmark(with_tracking(params.load(), mlflow), data.layout, progress=progress)
+    files = summary["files"]
+    return dg.MaterializeResult(
+        metadata={
+            "table": dg.MetadataValue.md(summary["table"]),
+            "fid_vs_steps": image_markdown(files["plot"], "FID vs steps"),
+            "plot": dg.MetadataValue.path(files["plot"]),
+            "report": dg.MetadataValue.path(files["markdown"]),
+            "measured_cells": summary["measured_cells"],
+            "skipped_cells": dg.MetadataValue.json(summary["skipped_cells"]),
+            "ran_now": len(summary["measured"]),
+            "reused": len(summary["reused"]),
+            "best_fid": dg.MetadataValue.json(summary["best_fid"] or {}),
+            "mlflow_run_id": str(summary.get("mlflow_run_id", "")),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=benchmark,
+    description="Every cell of the grid was measured (warns on skipped models or step counts).",
+)
+def benchmark_complete(data: DataResource) -> dg.AssetCheckResult:
+    import pandas as pd
+
+    path = data.layout.reports / "benchmark.parquet"
+    df = pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=["status"])
+    skipped = df[df["status"] == "skipped"]
+    return dg.AssetCheckResult(
+        passed=bool(skipped.empty and not df.empty),
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "skipped": dg.MetadataValue.json(
+                {f"{r.model}__{r.steps}": r.reason for r in skipped.itertuples(index=False)}
+            ),
+        },
+    )

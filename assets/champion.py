@@ -1,0 +1,84 @@
+"""Asset ``champion_benchmark``: the registry's champion re-measured (weekly, by the schedule in
+``pipeline.schedules``), and the check ``champion_fid_regression`` that fails when its pooled
+FID got worse than the previous run's by more than ``benchmark.fid_regression_tolerance``
+(relative). History: ``reports/champion_history.parquet``."""
+
+import dagster as dg
+
+from assets.benchmark import with_tracking
+from pipeline.resources import DataResource, MlflowResource, ParamsResource
+
+
+def _markdown(df) -> str:
+    if df.empty:
+        return "nothing measured"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    deps=["domain_classifier", "llcm"],  # llcm: the distilled model whose versions are registered
+    group_name="registry",
+    kinds={"mlflow", "parquet"},
+    description="The champion (models:/<name>@champion) benchmarked at benchmark.champion_steps; "
+    "appended to reports/champion_history.parquet.",
+)
+def champion_benchmark(
+    context: dg.AssetExecutionContext,
+    params: ParamsResource,
+    data: DataResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    import pandas as pd
+
+    from ops.champion import run_champion_benchmark
+
+    summary = run_champion_benchmark(with_tracking(params.load(), mlflow), data.layout)
+    rows = pd.DataFrame(summary["rows"])
+    for row in summary["rows"]:
+        if row["status"] != "ok":
+            context.log.warning(f"{row['uri']}: skipped: {row['reason']}")
+    shown = ["name", "version", "steps", "status", "fid", "kid", "class_fidelity", "reason"]
+    return dg.MaterializeResult(
+        metadata={
+            "run_id": summary["run_id"],
+            "results": dg.MetadataValue.md(_markdown(rows[[c for c in shown if c in rows]])),
+            "history_runs": summary["history_runs"],
+            "history": dg.MetadataValue.path(summary["history"]),
+        }
+    )
+
+
+@dg.asset_check(
+    asset=champion_benchmark,
+    description="Pooled FID of the latest champion run within benchmark.fid_regression_tolerance "
+    "(relative) of the previous run, per model and step count.",
+)
+def champion_fid_regression(params: ParamsResource, data: DataResource) -> dg.AssetCheckResult:
+    from ops.benchmark import benchmark_config
+    from ops.champion import read_history, regressions
+
+    tolerance = float(benchmark_config(params.load())["fid_regression_tolerance"])
+    table = regressions(read_history(data.layout), tolerance)
+    regressed = table[table["regressed"].astype(bool)]
+    return dg.AssetCheckResult(
+        passed=bool(regressed.empty),
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=(
+            "no regression"
+            if regressed.empty
+            else f"FID regressed beyond {tolerance:.0%}: "
+            + ", ".join(
+                f"{r.name}@{r.steps} {r.previous_fid:.3f}->{r.fid:.3f}"
+                for r in regressed.itertuples()
+            )
+        ),
+        metadata={
+            "tolerance": tolerance,
+            "compared": int(table["previous_fid"].notna().sum()) if not table.empty else 0,
+            "regressed": len(regressed),
+            "comparison": dg.MetadataValue.md(_markdown(table.round(4))),
+        },
+    )

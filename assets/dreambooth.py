@@ -1,0 +1,39 @@
+"""Asset ``dreambooth``: the teacher fine-tuned DreamBooth-style on the evaluated classes, the
+few-shot baseline of the benchmark (stage function ``ops.dreambooth_stage.build_dreambooth``)."""
+
+import dagster as dg
+
+from assets.benchmark import image_markdown
+from pipeline.resources import DataResource, ParamsResource
+
+
+@dg.asset(
+    deps=["teacher", "latents", "medimgs_manifest"],
+    group_name="baselines",
+    kinds={"pytorch", "diffusers"},
+    description="Teacher UNet fine-tuned with a rare-token identifier and class-prior preservation.",
+)
+def dreambooth(params: ParamsResource, data: DataResource) -> dg.MaterializeResult:
+    import json
+
+    from ops.benchmark_models import DREAMBOOTH_PROMPTS_FILE
+    from ops.dreambooth_stage import build_dreambooth
+
+    summary = build_dreambooth(params.load(), data.layout)
+    meta = json.loads((data.layout.model("dreambooth") / DREAMBOOTH_PROMPTS_FILE).read_text())
+    prompts = "\n".join(
+        ["| class | identifier prompt |", "| --- | --- |"]
+        + [f"| {name} | {prompt} |" for name, prompt in meta["prompts"].items()]
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "loss_before": summary["loss_before"],
+            "loss_after": summary["loss_after"],
+            "steps": summary["steps"],
+            "prompts": dg.MetadataValue.md(prompts),
+            "classes_without_latents": dg.MetadataValue.json(summary["classes_without_latents"]),
+            "prior_images": image_markdown(summary["prior_grid"], "prior images"),
+            "model": dg.MetadataValue.path(summary["model_dir"]),
+            "train_seconds": summary["train_seconds"],
+        }
+    )

@@ -1,0 +1,77 @@
+"""``llcm benchmark`` and ``llcm report``: the benchmark outside Dagster.
+
+    llcm benchmark [--models llcm lcm] [--steps 1 2 4] [--force]
+
+runs the cells of ``--models`` x ``--steps`` (default: the whole configured grid) that are
+missing, stale or skipped (``--force``: all of them), then rewrites the reports from every cell
+of the configured grid and logs them to MLflow; prints a JSON summary (the table goes to
+``reports/benchmark.md``). ``llcm report`` prints that markdown (Table 3 first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.commands.common import add_config_args, config_from_args
+
+REPORT_FILE = "benchmark.md"
+
+
+def run_benchmark_command(args: argparse.Namespace) -> int:
+    from ops.benchmark import run_benchmark
+
+    params, layout = config_from_args(args)
+
+    def progress(name: str, rows: list[dict]) -> None:
+        reason = rows[0].get("reason") or ""
+        print(f"cell {name}: {rows[0]['status']} {reason}".rstrip(), file=sys.stderr)
+
+    summary = run_benchmark(
+        params,
+        layout,
+        models=args.models or None,
+        steps=args.steps or None,
+        force=args.force,
+        log_mlflow=not args.no_mlflow,
+        progress=progress,
+    )
+    summary.pop("table", None)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    _, layout = config_from_args(args)
+    path = layout.reports / REPORT_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no benchmark report at {path}: run `llcm benchmark`, `llcm stage benchmark` or "
+            "materialise the Dagster asset `benchmark` first"
+        )
+    print(path.read_text(), end="")
+    return 0
+
+
+def register(sub) -> None:
+    parser = sub.add_parser(
+        "benchmark",
+        help="run the benchmark grid (missing cells) and write the reports",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=[], help="models (default: benchmark.models)"
+    )
+    parser.add_argument(
+        "--steps", nargs="+", type=int, default=[], help="step counts (default: benchmark.steps)"
+    )
+    parser.add_argument("--force", action="store_true", help="re-run cells even when fresh")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    add_config_args(parser)
+    parser.set_defaults(handler=run_benchmark_command)
+
+    report = sub.add_parser("report", help="print the benchmark's Table 3 (reports/benchmark.md)")
+    add_config_args(report)
+    report.set_defaults(handler=run_report)

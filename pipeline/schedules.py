@@ -1,0 +1,31 @@
+"""Jobs and schedules of the code location.
+
+``weekly_champion_benchmark`` re-measures the registry's champion every Monday at 03:00 UTC
+(``champion_benchmark`` and its check ``champion_fid_regression``, which fails the run's check
+when FID regressed). It is on by default: it only fires where a Dagster daemon runs
+(``dagster dev``, a deployment), and a week without a champion records a skip, not a failure.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+CHAMPION_CRON = "0 3 * * 1"
+
+champion_benchmark_job = dg.define_asset_job(
+    "champion_benchmark_job",
+    selection=dg.AssetSelection.assets("champion_benchmark"),
+    description="Re-benchmark the registry champion and check it for FID regressions.",
+)
+
+weekly_champion_benchmark = dg.ScheduleDefinition(
+    name="weekly_champion_benchmark",
+    job=champion_benchmark_job,
+    cron_schedule=CHAMPION_CRON,
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Weekly FID re-benchmark of models:/<name>@champion (Monday 03:00 UTC).",
+)
+
+jobs = [champion_benchmark_job]
+schedules = [weekly_champion_benchmark]

@@ -1,0 +1,304 @@
+"""The benchmark grid end to end on micro models: cells, skipped models, reports, DVC metrics,
+cell reuse, Dagster partitions and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from bench_fixtures import bench_params, bench_world, linked_layout, write_params
+
+from ops.benchmark import (
+    POOLED,
+    cell_path,
+    evaluated_classes,
+    plan,
+    run_benchmark,
+    run_cell,
+    run_cells,
+)
+from ops.benchmark_models import grid_cells, model_spec, unavailable_reason
+
+METRIC_COLUMNS = ["fid", "kid", "n", "class_fidelity", "seconds_per_image"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # micro models: more threads only spin on 2 shared cores
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    torch.set_num_threads(1)
+    return bench_world(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def grid(world):
+    """The whole micro grid, once: 7 measured cells, 4 skipped."""
+    torch.set_num_threads(1)
+    summary = run_benchmark(world["params"], world["layout"], log_mlflow=False)
+    return summary
+
+
+# --- the plan --------------------------------------------------------------------------------
+def test_plan_gives_reference_rows_one_cell():
+    cells = grid_cells(["teacher_ddim", "teacher_ddim50", "llcm"], [4, 1, 2])
+    assert cells == [
+        ("teacher_ddim", 1),
+        ("teacher_ddim", 2),
+        ("teacher_ddim", 4),
+        ("teacher_ddim50", 50),
+        ("llcm", 1),
+        ("llcm", 2),
+        ("llcm", 4),
+    ]
+    assert model_spec("llcm_k10").family == "consistency"
+    assert model_spec("teacher_dpmpp").scheduler == "dpmpp"
+    assert len(plan(bench_params())) == 5 * 2 + 1
+
+
+def test_evaluated_classes_are_deterministic_and_skip_holdout_families():
+    params = bench_params()
+    params["presets"]["micro"]["benchmark"]["classes"] = 2
+    rows = []
+    for name, n_test, holdout in [
+        ("b", 5, False),
+        ("a", 5, False),
+        ("c", 9, True),
+        ("d", 1, False),
+    ]:
+        rows += [
+            {"class_name": name, "split": "train", "holdout": holdout, "prompt": f"p {name}"}
+        ] * 3
+        rows += [
+            {"class_name": name, "split": "test", "holdout": holdout, "prompt": f"p {name}"}
+        ] * n_test
+    manifest = pd.DataFrame(rows)
+    # c: only holdout training rows; d: a single test image; a/b tie on 5 test images -> by name
+    assert evaluated_classes(params, manifest) == {"a": "p a", "b": "p b"}
+    assert evaluated_classes(params, manifest.sample(frac=1, random_state=1)) == {
+        "a": "p a",
+        "b": "p b",
+    }
+
+
+def test_unavailable_models_and_step_counts_give_reasons(world):
+    layout = world["layout"]
+    assert unavailable_reason(model_spec("llcm"), layout, 2) is None
+    assert "missing" in unavailable_reason(model_spec("lcm"), layout, 2)
+    # micro student: k = 20 -> original_inference_steps = 50
+    assert "exceed" in unavailable_reason(model_spec("llcm"), layout, 60)
+
+
+# --- the grid end to end --------------------------------------------------------------------
+def test_cells_have_per_class_and_pooled_metrics(world, grid):
+    df = pd.read_parquet(world["layout"].reports / "benchmark.parquet")
+    ok = df[df["status"] == "ok"]
+    classes = sorted(evaluated_classes(world["params"], world["manifest"]))
+    assert set(zip(ok["model"], ok["steps"], strict=True)) == {
+        ("teacher_ddim", 1),
+        ("teacher_ddim", 2),
+        ("teacher_dpmpp", 1),
+        ("teacher_dpmpp", 2),
+        ("teacher_ddim50", 50),
+        ("llcm", 1),
+        ("llcm", 2),
+    }
+    for (_, _), cell in ok.groupby(["model", "steps"]):
+        assert sorted(cell["class_name"]) == sorted([*classes, POOLED])
+        per_class, pooled = cell[cell.class_name != POOLED], cell[cell.class_name == POOLED].iloc[0]
+        assert (per_class["n"] == 4).all() and pooled["n"] == 8
+        assert cell[METRIC_COLUMNS].notna().all().all()
+        assert np.isfinite(cell["fid"]).all() and (cell["fid"] >= 0).all()
+        assert ((cell["class_fidelity"] >= 0) & (cell["class_fidelity"] <= 1)).all()
+        assert (cell["seconds_per_image"] > 0).all()
+        # the pooled fidelity is the image-weighted mean of the classes' (equal n here)
+        assert pooled["class_fidelity"] == pytest.approx(per_class["class_fidelity"].mean())
+        assert (world["layout"].root / pooled["sample_grid"]).is_file()
+    nfe = ok.drop_duplicates(["model", "steps"]).set_index(["model", "steps"])["nfe"]
+    assert nfe[("teacher_ddim", 2)] == 4 and nfe[("teacher_ddim50", 50)] == 100  # CFG: 2 calls
+    assert nfe[("llcm", 2)] == 2  # guidance is embedded in the student
+
+
+def test_missing_models_are_skipped_with_a_reason(world, grid):
+    assert set(grid["skipped_cells"]) == {"dreambooth__1", "dreambooth__2", "lcm__1", "lcm__2"}
+    assert all("missing" in reason for reason in grid["skipped_cells"].values())
+    table = (world["layout"].reports / "benchmark.md").read_text()
+    assert "## Skipped cells" in table and "lcm@1, lcm@2" in table
+
+
+def test_summary_files_and_dvc_metrics(world, grid):
+    reports = world["layout"].reports
+    df = pd.read_parquet(reports / "benchmark.parquet")
+    assert len(df) == 7 * 3 + 4  # measured cells x (2 classes + pooled) + skipped cells
+    metrics = json.loads((reports / "benchmark.json").read_text())
+
+    def leaves(node):
+        if isinstance(node, dict):
+            return [x for value in node.values() for x in leaves(value)]
+        return [node]
+
+    assert all(isinstance(x, int | float) and np.isfinite(x) for x in leaves(metrics))
+    assert set(metrics["fid"]) == {"teacher_ddim", "teacher_dpmpp", "teacher_ddim50", "llcm"}
+    assert set(metrics["fid"]["llcm"]) == {"1", "2"} and set(metrics["fid"]["teacher_ddim50"]) == {
+        "50"
+    }
+    pooled = df[(df.class_name == POOLED) & (df.status == "ok")].set_index(["model", "steps"])
+    assert metrics["fid"]["llcm"]["2"] == pytest.approx(pooled.loc[("llcm", 2), "fid"], abs=1e-6)
+    assert set(metrics["fid_per_class"]) == set(
+        evaluated_classes(world["params"], world["manifest"])
+    )
+
+    csv = pd.read_csv(reports / "fid_vs_steps.csv")
+    assert {"model", "steps", "fid"} <= set(csv.columns) and len(csv) == 7
+    table = (reports / "benchmark.md").read_text()
+    assert "pooled over the 2 evaluated classes" in table and "Table-3 number" in table
+    assert "| Model | 1 | 2 | 50 |" in table and "## Per-class FID" in table
+    classes = evaluated_classes(world["params"], world["manifest"])
+    for name in ["fid_vs_steps.png", *(f"step_grids/{c}.png" for c in classes)]:
+        assert (reports / name).stat().st_size > 1000, name
+    assert grid["best_fid"]["fid"] == pytest.approx(csv["fid"].min())
+
+
+def test_fresh_cells_are_reused_and_changed_inputs_rerun(world, grid):
+    params, layout = world["params"], world["layout"]
+    again = run_cells(params, layout, plan(params))
+    assert again["measured"] == [] and len(again["reused"]) == 7
+    assert sorted(again["skipped"]) == sorted(grid["skipped_cells"])  # retried, still missing
+    changed = bench_params()
+    changed["sampling"]["guidance_scale"] = 3.0
+    rerun = run_cells(changed, layout, [("llcm", 1)])
+    assert rerun["measured"] == ["llcm__1"]
+    run_cells(params, layout, [("llcm", 1)])  # restore for the other tests
+
+
+def test_same_seed_same_numbers(world, grid):
+    before = pd.read_parquet(cell_path(world["layout"], "teacher_dpmpp", 1))
+    rows = run_cell("teacher_dpmpp", 1, world["params"], world["layout"])
+    after = pd.DataFrame(rows)
+    assert after["fid"].tolist() == before["fid"].tolist()
+    assert after["class_fidelity"].tolist() == before["class_fidelity"].tolist()
+
+
+def test_a_fixed_step_model_rejects_other_step_counts(world):
+    with pytest.raises(ValueError, match="50 steps only"):
+        run_cell("teacher_ddim50", 4, world["params"], world["layout"])
+
+
+# --- Dagster: partitions, then the summary ---------------------------------------------------
+def _resources(params_file, layout, tracking_uri=None):
+    from pipeline.resources import DataResource, MlflowResource, ParamsResource
+
+    return {
+        "params": ParamsResource(path=str(params_file), preset="micro"),
+        "data": DataResource(root=str(layout.root)),
+        "mlflow": MlflowResource(tracking_uri=tracking_uri),
+    }
+
+
+def test_partitions_run_single_cells_then_the_summary_fills_the_rest(
+    world, tmp_path, tmp_path_factory
+):
+    from micro_sd import micro_registry
+
+    from assets.benchmark import BENCHMARK_PARTITIONS, benchmark, benchmark_cells
+
+    registry = micro_registry(tmp_path_factory)  # an MLflow store that already exists
+    params = bench_params()
+    params["benchmark"]["models"] = ["teacher_ddim", "llcm", "lcm"]
+    params_file = write_params(params, tmp_path / "params.yaml")
+    layout = linked_layout(world, tmp_path / "linked")
+    resources = _resources(params_file, layout, f"sqlite:///{registry['layout'].mlflow_db}")
+
+    keys = {str(k) for k in BENCHMARK_PARTITIONS.get_partition_keys()}
+    assert {"llcm|2", "teacher_ddim|1", "teacher_ddim50|50"} <= keys
+    for model, steps in (("llcm", "2"), ("teacher_ddim", "1")):
+        key = dg.MultiPartitionKey({"model": model, "steps": steps})
+        result = dg.materialize([benchmark_cells], partition_key=key, resources=resources)
+        meta = result.get_asset_materialization_events()[0].materialization.metadata
+        assert meta["status"].value == "ok" and meta["n"].value == 8
+    written = sorted(p.name for p in (layout.reports / "cells").glob("*.parquet"))
+    assert written == ["llcm__2.parquet", "teacher_ddim__1.parquet"]
+
+    off_grid = dg.MultiPartitionKey({"model": "teacher_ddim50", "steps": "2"})
+    result = dg.materialize([benchmark_cells], partition_key=off_grid, resources=resources)
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["status"].value == "not a grid cell"
+
+    result = dg.materialize([benchmark], resources=resources)
+    meta = result.get_asset_materialization_events()[0].materialization.metadata
+    assert meta["reused"].value == 2 and meta["ran_now"].value == 2  # llcm@1, teacher_ddim@2
+    assert meta["measured_cells"].value == 4
+    assert set(meta["skipped_cells"].value) == {"lcm__1", "lcm__2"}
+    assert "Table-3 number" in meta["table"].value and "| Model | 1 | 2 |" in meta["table"].value
+    assert meta["plot"].value.endswith("fid_vs_steps.png")
+
+    import mlflow
+
+    run = mlflow.get_run(meta["mlflow_run_id"].value)
+    assert run.info.run_name == "benchmark"
+    assert {"fid/llcm", "kid/llcm", "fid/teacher_ddim"} <= set(run.data.metrics)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "reports")}
+    assert {
+        "reports/benchmark.md",
+        "reports/benchmark.json",
+        "reports/fid_vs_steps.png",
+    } <= artifacts
+
+
+def test_make_run_selection_excludes_only_the_partitioned_asset():
+    """``dagster asset materialize --select '*'`` refuses partitioned assets without
+    ``--partition``; this is the selection ``make run`` uses instead."""
+    from assets.benchmark import UPSTREAM
+    from pipeline.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    selected = dg.AssetSelection.from_string("* and not key:benchmark_cells").resolve(graph)
+    names = {k.to_user_string() for k in selected}
+    assert {"domain_classifier", "dreambooth", "benchmark", "champion_benchmark"} <= names
+    assert "benchmark_cells" not in names
+    partitioned = [k for k in selected if graph.get(k).partitions_def is not None]
+    assert partitioned == []
+    # without the cells in the selection, the summary must still run after every model
+    parents = {k.to_user_string() for k in graph.get(dg.AssetKey("benchmark")).parent_keys}
+    assert set(UPSTREAM) | {"benchmark_cells"} <= parents
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+def test_cli_benchmark_reuses_cells_and_report_prints_table_3(world, grid, tmp_path, capsys):
+    from pipeline.cli import main
+
+    params_file = write_params(world["params"], tmp_path / "params.yaml")
+    data = str(world["layout"].root)
+    rc = main(["benchmark", "--models", "llcm", "--steps", "1", "2", "--no-mlflow",
+               "--params", str(params_file), "--data", data])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["reused"] == ["llcm__1", "llcm__2"] and out["measured"] == []
+    assert main(["report", "--data", data]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("# Benchmark") and "**FID** by inference steps" in printed
+    assert main(["report", "--data", str(tmp_path / "empty")]) == 2
+    assert "no benchmark report" in capsys.readouterr().err
+
+
+def test_k_ablation_grid_renders_existing_students_only(world, tmp_path):
+    from ops.benchmark_report import k_ablation
+    from ops.layout import DataLayout
+
+    layout = DataLayout.from_env(tmp_path / "data")
+    (layout.models).mkdir(parents=True)
+    (layout.root / "medimgs").symlink_to(world["layout"].root / "medimgs")
+    params = bench_params()
+    assert k_ablation(params, layout) is None  # no llcm_k<k> models: nothing to render
+    (layout.models / "llcm_k20").symlink_to(world["layout"].model("llcm"))
+    params["benchmark"]["k_ablation"] = [5, 20]
+    path = k_ablation(params, layout)
+    assert path == layout.reports / "k_ablation.png" and path.stat().st_size > 1000
