@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets._tracking import run_training
 from assets.metadata import picture
+from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
-from pipeline.stages import resolve
 
 DESCRIPTIONS = {
     "llcm": "LLCM: consistency distillation with the paper's leapfrog step (eq. 15-16).",
@@ -29,11 +30,13 @@ def distilled_asset(name: str) -> dg.AssetsDefinition:
         description=DESCRIPTIONS[name],
     )
     def _asset(
-        params: ParamsResource, data: DataResource, mlflow: MlflowResource
+        context,
+        params: ParamsResource,
+        data: DataResource,
+        mlflow: MlflowResource,
+        launcher: LauncherResource,
     ) -> dg.MaterializeResult:
-        layout, loaded = data.layout, params.load()
-        mlflow.setup(layout, loaded)
-        summary = resolve(name)(loaded, layout)
+        summary = run_training(context, launcher, name, params, data, mlflow)
         metadata: dict = {
             "solver": summary["solver"],
             "k": summary["k"],

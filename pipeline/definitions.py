@@ -11,6 +11,7 @@ import os
 import dagster as dg
 
 import assets
+from pipeline.launcher import LauncherResource
 from pipeline.resources import default_resources
 from pipeline.schedules import jobs, schedules
 
@@ -26,7 +27,8 @@ executor = dg.multiprocess_executor.configured(
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    resources=default_resources(),
+    # The launcher comes from LLCM_LAUNCHER_* variables (default: in process); see deployment/.
+    resources={**default_resources(), "launcher": LauncherResource.from_env()},
     jobs=jobs,
     schedules=schedules,
     executor=executor,
