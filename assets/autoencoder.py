@@ -1,0 +1,43 @@
+"""Asset ``autoencoder``: the frozen base components (VAE, tokenizer, text encoder) in
+``models/base`` (stage function ``ops.autoencoder.build_autoencoder``)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets._tracking import run_training
+from assets.metadata import picture
+from pipeline.launcher import LauncherResource
+from pipeline.resources import DataResource, MlflowResource, ParamsResource
+
+
+@dg.asset(
+    deps=["medimgs_manifest"],
+    group_name="models",
+    kinds={"pytorch", "mlflow"},
+    description="VAE (trained for tiny, SD's for sd15), CLIP tokenizer and frozen text encoder.",
+)
+def autoencoder(
+    context,
+    params: ParamsResource,
+    data: DataResource,
+    mlflow: MlflowResource,
+    launcher: LauncherResource,
+) -> dg.MaterializeResult:
+    summary = run_training(context, launcher, "autoencoder", params, data, mlflow)
+    metadata: dict = {
+        "source": summary["source"],
+        "vae_parameters": summary["vae_parameters"],
+        "text_encoder_parameters": summary["text_encoder_parameters"],
+        "vocab_size": summary["vocab_size"],
+        "scaling_factor": summary["scaling_factor"],
+        "psnr_db": summary.get("psnr_db"),
+        "final_loss": summary.get("final_loss"),
+        "steps": summary.get("final_step", 0),
+        "train_seconds": summary.get("seconds", 0.0),
+        "mlflow_run_id": summary.get("mlflow_run_id") or "",
+        "model_dir": dg.MetadataValue.path(summary["model_dir"]),
+    }
+    if summary.get("grid"):
+        metadata["reconstructions"] = picture(summary["grid"], "test images over reconstructions")
+    return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})

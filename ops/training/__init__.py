@@ -1,0 +1,17 @@
+"""Shared training infrastructure: one small module per concern, reused by every trainer.
+
+- ``runtime``:     accelerator creation (CPU gloo or GPU NCCL), seeding, RNG state capture.
+- ``batches``:     the global batch plan: which items and which random numbers each step uses.
+- ``ema``:         exponential moving average of weights.
+- ``checkpoint``:  atomic, resumable checkpoints (safetensors) and atomic output directories.
+- ``fingerprint``: content hashes deciding whether a checkpoint or a cache can be reused.
+- ``mlflow_run``:  one MLflow run per training stage, written by the main process only.
+- ``loop``:        the training loop: resume, step, clip, EMA, log, checkpoint, progress bar.
+- ``grids``:       image grid PNGs for people to look at.
+- ``samples``:     per-class sample grids from any diffusers text-to-image pipeline.
+- ``image_data``:  MedImgs manifest rows and their images as tensors.
+- ``latent_data``: the latents stage's shards and prompt embeddings, with prompt dropout.
+- ``launch`` / ``entry``: run a trainer in-process or under ``accelerate launch``.
+
+Nothing here imports Dagster; torch and friends are imported by the modules that need them.
+"""
