@@ -451,7 +451,7 @@ def _save_grid(layout: DataLayout, model: str, steps: int, samples: list[list[np
     tiled without gaps so :func:`cell_samples` can cut single images back out."""
     from PIL import Image
 
-    from ops.sampling import image_grid
+    from ops.training.grids import image_grid
 
     cols = max(len(s) for s in samples)
     tiles = []
@@ -460,7 +460,7 @@ def _save_grid(layout: DataLayout, model: str, steps: int, samples: list[list[np
         tiles += [Image.fromarray(x) for x in row] + [Image.fromarray(blank)] * (cols - len(row))
     path = grid_path(layout, model, steps)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(tiles, cols=cols).save(path)
+    image_grid(tiles, cols=cols, pad=0).save(path)
     return path
 
 

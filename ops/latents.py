@@ -52,7 +52,7 @@ from ops.training.latent_data import (
     read_shard_metadata,
     shard_name,
 )
-from ops.training.runtime import on_main_process
+from ops.training.runtime import on_main_process, torch_threads
 
 STAGE = "latents"
 BASE_MODEL = "base"
@@ -127,7 +127,9 @@ def build_latents(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
 
     Single-process work: under a multi-process launch the main process encodes, the others wait.
     """
-    return on_main_process(lambda: encode_latents(params, layout))
+    threads = stage_config(params, STAGE).get("threads")
+    with torch_threads(threads):
+        return on_main_process(lambda: encode_latents(params, layout))
 
 
 def encode_latents(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ops.consistency import consistency_function, guidance_embedding
+from ops.presets import encode_prompts
 from ops.solvers import append_dims
 
 METADATA_FILE = "llcm.json"
@@ -244,19 +245,6 @@ def load_consistency_pipeline(
 
 
 @torch.no_grad()
-def encode_prompts(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str]) -> Tensor:
-    """CLIP text embeddings as Stable Diffusion pipelines compute them (last hidden state)."""
-    ids = tokenizer(
-        list(prompts),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
-    device = next(text_encoder.parameters()).device
-    return text_encoder(ids.to(device))[0]
-
-
 @torch.no_grad()
 def generate(
     pipe: ConsistencyPipeline,
@@ -284,8 +272,9 @@ def generate(
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    unet_param = next(pipe.unet.parameters())
     embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
-    embeds = embeds.repeat_interleave(num_images, dim=0)
+    embeds = embeds.to(unet_param.device, unet_param.dtype).repeat_interleave(num_images, dim=0)
     f = pipe.vae_scale_factor
     default = pipe.unet.config.sample_size * f
     size = ((height or default) // f, (width or default) // f)
@@ -306,18 +295,3 @@ def generate(
     pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
     images = [Image.fromarray((p * 255).round().astype("uint8")) for p in pixels]
     return images, latents
-
-
-def image_grid(images: Sequence[Any], cols: int | None = None) -> Any:
-    """Tile equally sized PIL images into one grid image (row-major)."""
-    from PIL import Image
-
-    if not images:
-        raise ValueError("no images to tile")
-    cols = cols or int(np.ceil(np.sqrt(len(images))))
-    rows = int(np.ceil(len(images) / cols))
-    w, h = images[0].size
-    grid = Image.new("RGB", (cols * w, rows * h))
-    for i, img in enumerate(images):
-        grid.paste(img.convert("RGB"), ((i % cols) * w, (i // cols) * h))
-    return grid

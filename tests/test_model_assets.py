@@ -8,6 +8,7 @@ from model_fixtures import TEST_OVERRIDES, copy_data, prepared_data
 from assets.latents import latents
 from assets.teacher import teacher
 from ops.layout import DataLayout
+from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
 
@@ -19,6 +20,7 @@ def test_latents_and_teacher_assets_materialize_with_metadata(tmp_path_factory, 
         ),
         "data": DataResource(root=str(layout.root)),
         "mlflow": MlflowResource(),
+        "launcher": LauncherResource(),  # in process
     }
     result = dg.materialize([latents, teacher], resources=resources)
     assert result.success

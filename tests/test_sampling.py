@@ -10,15 +10,15 @@ import torch
 from micro_sd import IMAGE_SIZE, PROMPTS, build_micro_lcm
 
 from ops.consistency import make_student
+from ops.presets import encode_prompts
 from ops.sampling import (
     consistency_sample,
-    encode_prompts,
     generate,
-    image_grid,
     lcm_timesteps,
     load_consistency_pipeline,
     save_consistency_pipeline,
 )
+from ops.training.grids import image_grid
 
 K = 20
 STEPS = [1, 2, 4, 6, 8, 10, 20]
@@ -131,7 +131,7 @@ def test_generate_matches_stock_pipeline_images(lcm_dir):
         num_images=3,
     )  # fmt: skip
     assert all(a.tobytes() == b.tobytes() for a, b in zip(images, again, strict=True))
-    assert image_grid(images).size == (2 * IMAGE_SIZE, 2 * IMAGE_SIZE)
+    assert image_grid(images, pad=0).size == (2 * IMAGE_SIZE, 2 * IMAGE_SIZE)
 
 
 def test_generate_rejects_bad_steps(lcm_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,13 +20,15 @@ def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 def image_grid(
     images: Sequence[Image.Image],
-    cols: int,
+    cols: int | None = None,
     row_labels: Sequence[str] | None = None,
     pad: int = 2,
 ) -> Image.Image:
-    """Images row by row, ``cols`` per row, with an optional text label left of each row."""
+    """Images row by row, ``cols`` per row (default: a square), with an optional text label
+    left of each row."""
     if not images:
         raise ValueError("no images for the grid")
+    cols = cols or math.ceil(math.sqrt(len(images)))
     w, h = images[0].size
     rows = -(-len(images) // cols)
     left = LABEL_WIDTH if row_labels else 0

@@ -20,7 +20,8 @@ from pipeline.commands.common import add_config_args, config_from_args
 
 def run(args: argparse.Namespace) -> int:
     from ops.registry import resolve_model_uri
-    from ops.sampling import generate, image_grid, load_consistency_pipeline
+    from ops.sampling import generate, load_consistency_pipeline
+    from ops.training.grids import image_grid
 
     _quiet_loading()
     params, layout = config_from_args(args)
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         image.save(path)
         paths.append(str(path))
     grid = out / "grid.png"
-    image_grid(images).save(grid)
+    image_grid(images, pad=0).save(grid)
     summary = {
         "model": args.model,
         "pipeline": str(model_dir),
