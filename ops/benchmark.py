@@ -154,7 +154,8 @@ class BenchContext:
 
 def load_context(params: dict[str, Any], layout: DataLayout) -> BenchContext:
     """Classes, feature extractor, cached reference stats and the domain classifier."""
-    from ops.classifier import MODEL_NAME, load_domain_classifier, torch_threads
+    from ops.classifier import MODEL_NAME, load_domain_classifier
+    from ops.training.runtime import torch_threads
 
     cfg = benchmark_config(params)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -261,7 +262,7 @@ def _predict(context: BenchContext, images: np.ndarray, feats: np.ndarray) -> np
 def _measure_class(
     context: BenchContext, sampler: Sampler, class_name: str, steps: int
 ) -> tuple[dict[str, Any], FeatureStats, np.ndarray, np.ndarray | None, float, list[np.ndarray]]:
-    from ops.classifier import torch_threads
+    from ops.training.runtime import torch_threads
 
     cfg = context.cfg
     n_total, batch = int(cfg["images_per_class"]), int(cfg["generation_batch_size"])
@@ -343,7 +344,7 @@ def measure_cell(
 ) -> tuple[list[dict[str, Any]], list[list[np.ndarray]]]:
     """The rows of one cell (per class, then pooled) and the kept samples per class; writes
     nothing. Raises :class:`SkipCell` when the sampler cannot run ``steps``."""
-    from ops.classifier import torch_threads
+    from ops.training.runtime import torch_threads
 
     rows: list[dict[str, Any]] = []
     parts: list[tuple[FeatureStats, np.ndarray, np.ndarray | None, float]] = []

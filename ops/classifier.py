@@ -24,11 +24,10 @@ Input convention (clean-fid's ``custom_feat_extractor``): float ``(B, 3, S, S)``
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +46,7 @@ from ops.metrics import (
     resolve_image_path,
     to_uint8_hwc,
 )
+from ops.training.runtime import torch_threads
 
 MODEL_NAME = "domain_classifier"
 WEIGHTS_FILE = "model.safetensors"
@@ -264,22 +264,6 @@ def _accuracy(
         mask = y == c
         per_class.append(float((pred[mask] == c).float().mean()) if mask.any() else None)
     return float((pred == y).float().mean()), per_class
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Temporarily run torch on ``n`` intra-op threads (None: leave as is). Small convolutions
-    gain little from more threads, and on shared cores OpenMP workers spin-wait: measured here
-    on 2 busy cores, one thread trained the classifier 4-15x faster than two."""
-    if not n:
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def train_classifier(

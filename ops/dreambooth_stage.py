@@ -140,7 +140,7 @@ def build_dreambooth(params: dict[str, Any], layout: DataLayout) -> dict[str, An
     """Fine-tune the teacher DreamBooth-style on the evaluated classes; save; summary.
 
     Runs on ``dreambooth.threads`` torch CPU threads (see ``benchmark.threads`` for why)."""
-    from ops.classifier import torch_threads
+    from ops.training.runtime import torch_threads
 
     with torch_threads(stage_config(params, STAGE).get("threads")):
         return train_dreambooth(params, layout)

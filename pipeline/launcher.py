@@ -16,7 +16,7 @@ A failed launch raises ``dagster.Failure`` with the last lines of the launch's s
 of the rank-0 pod's log (k8s), so the failed materialisation says why.
 
 Training entrypoints that are not stages (``ops.training.*``) go through ``launch(context,
-["-m", "ops.training.teacher", ...])``: any script accelerate can run, with the same Pipes wiring.
+["-m", "ops.training.entry", "teacher", ...])``: any script accelerate can run, with the same Pipes wiring.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from metric_fixtures import make_shape_dataset
 from scipy import linalg
 
 from ops import metrics
-from ops.classifier import DomainClassifier, feature_extractor, torch_threads
+from ops.classifier import DomainClassifier, feature_extractor
 from ops.metrics import (
     FeatureStats,
     evaluate_cell,
@@ -23,6 +23,7 @@ from ops.metrics import (
     reference_path,
     reference_stats,
 )
+from ops.training.runtime import torch_threads
 
 
 @pytest.fixture(autouse=True)
