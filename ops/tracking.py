@@ -12,9 +12,14 @@ from typing import Any
 
 from ops.layout import DataLayout
 
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI (for subprocesses): a value we set
+# ourselves must not later pass for the user's choice and pin another data dir's store.
+_SET_HERE: set[str] = set()
+
 
 def tracking_uri(layout: DataLayout, configured: str | None = None) -> str:
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri = configured or (env if env not in _SET_HERE else None)
     if uri:
         return uri
     layout.mlflow_db.parent.mkdir(parents=True, exist_ok=True)
@@ -31,6 +36,7 @@ def setup_mlflow(layout: DataLayout, params: dict[str, Any]) -> str:
 
     cfg = params.get("mlflow") or {}
     uri = tracking_uri(layout, cfg.get("tracking_uri"))
+    _SET_HERE.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = cfg.get("experiment", "llcm")

@@ -30,3 +30,19 @@ def test_key_in_both_places_is_refused(repo_root, tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match="one place"):
         stage_config(load_params(path), "distill")
+
+
+def test_mlflow_store_follows_the_data_dir_not_the_uri_mlflow_exported(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second data dir in the same
+    process must still get its own store, while a user's own variable is respected."""
+    from ops.layout import DataLayout
+    from ops.tracking import setup_mlflow, tracking_uri
+
+    first, second = DataLayout(tmp_path / "a"), DataLayout(tmp_path / "b")
+    params = {"mlflow": {"experiment": "llcm"}}
+    setup_mlflow(first, params)
+    setup_mlflow(second, params)
+    assert tracking_uri(second) == f"sqlite:///{second.mlflow_db}"
+    assert second.mlflow_db.is_file() and first.mlflow_db.is_file()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(second) == "http://127.0.0.1:5000"
