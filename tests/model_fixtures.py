@@ -186,3 +186,37 @@ def prepared_data(tmp_path_factory) -> DataLayout:
 
 def stage_summary(layout: DataLayout, name: str) -> dict:
     return json.loads((layout.root / f"{name}-summary.json").read_text())
+
+
+def kill_after_first_checkpoint(stage: str, params: dict, data: DataLayout, tmp_path: Path) -> dict:
+    """Run trainer ``stage`` as ``python -m ops.training.entry`` in a child process, SIGKILL it
+    once its first checkpoint is complete, and return that checkpoint's ``state.json``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from ops.config import REPO_ROOT
+
+    params_file = tmp_path / f"{stage}-params.yaml"
+    params_file.write_text(yaml.safe_dump(params))
+    cmd = [sys.executable, "-m", "ops.training.entry", stage, "--params", str(params_file),
+           "--data", str(data.root)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)  # fmt: skip
+    checkpoints = data.checkpoint_dir(stage)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(checkpoints.glob("step-*/state.json")):
+            assert proc.poll() is None, "the trainer exited before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    [last] = list(checkpoints.glob("step-*"))  # older checkpoints are pruned
+    return json.loads((last / "state.json").read_text())

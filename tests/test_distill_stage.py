@@ -4,19 +4,13 @@ MLflow store, real ``accelerate launch``, real SIGKILL)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-import yaml
-from model_fixtures import copy_data, micro_test_params, prepared_data
+from model_fixtures import copy_data, kill_after_first_checkpoint, micro_test_params, prepared_data
 from safetensors.torch import load_file
 
-from ops.config import REPO_ROOT, stage_config
+from ops.config import stage_config
 from ops.distill_stage import build_lcm, build_llcm, build_llcm2, train_distilled
 from ops.layout import DataLayout
 from ops.training.launch import run_trainer
@@ -91,25 +85,8 @@ def test_two_processes_distill_on_halves_of_the_global_batch(data, one_thread):
 def test_killed_distillation_resumes_from_its_last_checkpoint(data, tmp_path, one_thread):
     params = micro_test_params(*DISTILL, "presets.micro.distill.steps=100000",
                                "distill.register=false")  # fmt: skip
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "ops.training.entry", "lcm", "--params", str(params_file),
-           "--data", str(data.root)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    killed_at = kill_after_first_checkpoint("lcm", params, data, tmp_path)["step"]
     checkpoints = data.checkpoint_dir("lcm")
-    try:
-        deadline = time.monotonic() + 240
-        while not list(checkpoints.glob("step-*/state.json")):
-            assert proc.poll() is None, "the trainer exited before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    [last] = list(checkpoints.glob("step-*"))
-    killed_at = json.loads((last / "state.json").read_text())["step"]
     assert killed_at >= 2
 
     finish = killed_at + 2

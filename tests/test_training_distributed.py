@@ -9,18 +9,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import pytest
-import yaml
-from model_fixtures import copy_data, micro_test_params, prepared_data
+from model_fixtures import copy_data, kill_after_first_checkpoint, micro_test_params, prepared_data
 
-from ops.config import REPO_ROOT, stage_config
+from ops.config import stage_config
 from ops.layout import DataLayout
 from ops.teacher import train_teacher
 from ops.training.launch import run_trainer
@@ -69,25 +61,7 @@ def test_two_processes_train_on_halves_of_the_same_global_batch(data, tmp_path, 
 
 def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path, one_thread):
     params = micro_test_params("presets.micro.teacher.steps=100000", "teacher.checkpoint_every=2")
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "ops.training.entry", "teacher", "--params", str(params_file),
-           "--data", str(data.root)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
-    checkpoints = data.checkpoint_dir("teacher")
-    try:
-        deadline = time.monotonic() + 240
-        while not list(checkpoints.glob("step-*/state.json")):
-            assert proc.poll() is None, "the trainer exited before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 4 minutes"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    [last] = list(checkpoints.glob("step-*"))  # older checkpoints are pruned
-    state = json.loads((last / "state.json").read_text())
+    state = kill_after_first_checkpoint("teacher", params, data, tmp_path)
     killed_at = state["step"]
     assert killed_at >= 2 and state["samples_seen"] == killed_at * 8
 
@@ -100,7 +74,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path, one_thread)
     assert curve[:killed_at] == state["loss_curve"]
     assert [step for step, _ in curve] == list(range(1, finish + 1))
     assert summary["mlflow_run_id"] == state["mlflow_run_id"]  # the same MLflow run goes on
-    assert not checkpoints.exists()
+    assert not data.checkpoint_dir("teacher").exists()
 
     from mlflow import MlflowClient
 
