@@ -46,7 +46,7 @@ from ops.training.image_data import (
 )
 from ops.training.launch import run_trainer
 from ops.training.loop import LoopSettings, train_loop
-from ops.training.mlflow_run import MlflowRun
+from ops.training.mlflow_run import MlflowRun, resume_and_start_run
 from ops.training.runtime import (
     create_accelerator,
     on_main_process,
@@ -161,14 +161,7 @@ def _train_autoencoder(cfg: dict[str, Any], params: dict[str, Any], layout: Data
         accelerator.num_processes,
     )
     store = CheckpointStore(layout.checkpoint_dir(STAGE), config_fingerprint(cfg, rows_hash(rows)))
-    resume = store.latest()
-    run = MlflowRun.start(
-        layout,
-        params,
-        STAGE,
-        active=accelerator.is_main_process,
-        run_id=resume.state.get("mlflow_run_id") if resume else None,
-    )
+    resume, run = resume_and_start_run(store, layout, params, STAGE, accelerator)
     run.log_params({**cfg, "train_images": len(rows)})
     device = accelerator.device
 

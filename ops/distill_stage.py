@@ -32,7 +32,7 @@ from ops.training.grids import save_grid
 from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
 from ops.training.launch import run_trainer
 from ops.training.loop import LoopSettings, train_loop
-from ops.training.mlflow_run import MlflowRun
+from ops.training.mlflow_run import MlflowRun, resume_and_start_run
 from ops.training.runtime import create_accelerator, seed_everything
 
 STAGE = "distill"
@@ -111,14 +111,7 @@ def train_distilled(model: str, params: dict[str, Any], layout: DataLayout) -> d
             ignore=SAMPLING_KEYS,
         ),
     )
-    resume = store.latest()
-    run = MlflowRun.start(
-        layout,
-        params,
-        model,
-        active=accelerator.is_main_process,
-        run_id=resume.state.get("mlflow_run_id") if resume else None,
-    )
+    resume, run = resume_and_start_run(store, layout, params, model, accelerator)
     run.log_params(
         {
             **cfg,

@@ -33,7 +33,7 @@ from ops.training.fingerprint import config_fingerprint
 from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
 from ops.training.launch import run_trainer
 from ops.training.loop import LoopSettings, train_loop
-from ops.training.mlflow_run import MlflowRun
+from ops.training.mlflow_run import MlflowRun, resume_and_start_run
 from ops.training.runtime import create_accelerator, seed_everything, torch_threads
 from ops.training.samples import sample_class_grid
 
@@ -84,14 +84,7 @@ def _train_teacher(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayo
     store = CheckpointStore(
         layout.checkpoint_dir(STAGE), config_fingerprint(cfg, latents_key, ignore=SAMPLING_KEYS)
     )
-    resume = store.latest()
-    run = MlflowRun.start(
-        layout,
-        params,
-        STAGE,
-        active=accelerator.is_main_process,
-        run_id=resume.state.get("mlflow_run_id") if resume else None,
-    )
+    resume, run = resume_and_start_run(store, layout, params, STAGE, accelerator)
     run.log_params({**cfg, "train_latents": len(data), "unet_parameters": count_parameters(unet)})
     plan = GlobalBatchPlan(
         len(data),

@@ -12,22 +12,23 @@ from PIL import Image, ImageDraw
 LABEL_WIDTH = 260
 
 
+CLASS_TABLE_COLUMNS = [
+    "class_name",
+    "species",
+    "body_part",
+    "modality",
+    "disease",
+    "train",
+    "test",
+    "holdout",
+    "sources",
+]
+
+
 def class_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """One row per class: labels, train/test counts, sources, held-out flag."""
     if manifest.empty:
-        return pd.DataFrame(
-            columns=[
-                "class_name",
-                "species",
-                "body_part",
-                "modality",
-                "disease",
-                "train",
-                "test",
-                "holdout",
-                "sources",
-            ]
-        )
+        return pd.DataFrame(columns=CLASS_TABLE_COLUMNS)
     counts = manifest.pivot_table(
         index="class_name", columns="split", values="image_id", aggfunc="count", fill_value=0
     )
@@ -41,18 +42,7 @@ def class_table(manifest: pd.DataFrame) -> pd.DataFrame:
     )
     table = labels.join(counts.reindex(columns=["train", "test"], fill_value=0))
     table = table.reset_index().sort_values(["holdout", "species", "body_part", "class_name"])
-    cols = [
-        "class_name",
-        "species",
-        "body_part",
-        "modality",
-        "disease",
-        "train",
-        "test",
-        "holdout",
-        "sources",
-    ]
-    return table[cols].reset_index(drop=True)
+    return table[CLASS_TABLE_COLUMNS].reset_index(drop=True)
 
 
 def to_markdown(table: pd.DataFrame) -> str:

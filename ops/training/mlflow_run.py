@@ -106,3 +106,19 @@ class MlflowRun:
     def finish(self, status: str = "FINISHED") -> None:
         if self.active:
             self.client.set_terminated(self.run_id, status)
+
+
+def resume_and_start_run(
+    store: Any, layout: DataLayout, params: Mapping[str, Any], stage: str, accelerator: Any
+) -> tuple[Any, MlflowRun]:
+    """The newest checkpoint of ``store`` (or None) and the stage's MLflow run: the run the
+    checkpoint logged into when resuming, so a resumed training keeps one run."""
+    resume = store.latest()
+    run = MlflowRun.start(
+        layout,
+        params,
+        stage,
+        active=accelerator.is_main_process,
+        run_id=resume.state.get("mlflow_run_id") if resume else None,
+    )
+    return resume, run
