@@ -25,19 +25,31 @@ from typing import Any
 
 import dagster as dg
 
-from ops.benchmark_models import grid_cells
+from assets._tracking import run_training
+from ops.ablation import ablation_models
+from ops.benchmark_models import grid_cells, grid_models
 from ops.config import load_params, stage_config
+from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
 # Pictures larger than this are linked by path only: Dagster keeps metadata in its database.
 MAX_EMBEDDED_BYTES = 1_000_000
-UPSTREAM = ["domain_classifier", "teacher", "dreambooth", "llcm", "lcm", "llcm2"]
+UPSTREAM = [
+    "domain_classifier",
+    "teacher",
+    "dreambooth",
+    "llcm",
+    "lcm",
+    "llcm2",
+    *ablation_models(load_params()),
+]
 
 
 def grid_partitions(params: dict[str, Any] | None = None) -> dg.MultiPartitionsDefinition:
     """model x steps partitions of the configured grid."""
-    cfg = stage_config(params or load_params(), "benchmark")
-    cells = grid_cells(list(cfg["models"]), [int(s) for s in cfg["steps"]])
+    params = params or load_params()
+    steps = [int(s) for s in stage_config(params, "benchmark")["steps"]]
+    cells = grid_cells(grid_models(params), steps)
     return dg.MultiPartitionsDefinition(
         {
             "model": dg.StaticPartitionsDefinition(list(dict.fromkeys(m for m, _ in cells))),
@@ -142,29 +154,34 @@ def benchmark(
     params: ParamsResource,
     data: DataResource,
     mlflow: MlflowResource,
+    launcher: LauncherResource,
 ) -> dg.MaterializeResult:
-    from ops.benchmark import run_benchmark
+    from ops.benchmark_report import REPORT_FILES
 
-    def progress(name: str, rows: list[dict[str, Any]]) -> None:
-        status = rows[0]["status"]
-        context.log.info(f"cell {name}: {status} {rows[0].get('reason') or ''}".rstrip())
-
-    summary = run_benchmark(with_tracking(params.load(), mlflow), data.layout, progress=progress)
-    files = summary["files"]
-    return dg.MaterializeResult(
-        metadata={
-            "table": dg.MetadataValue.md(summary["table"]),
-            "fid_vs_steps": image_markdown(files["plot"], "FID vs steps"),
-            "plot": dg.MetadataValue.path(files["plot"]),
-            "report": dg.MetadataValue.path(files["markdown"]),
-            "measured_cells": summary["measured_cells"],
-            "skipped_cells": dg.MetadataValue.json(summary["skipped_cells"]),
-            "ran_now": len(summary["measured"]),
-            "reused": len(summary["reused"]),
-            "best_fid": dg.MetadataValue.json(summary["best_fid"] or {}),
-            "mlflow_run_id": str(summary.get("mlflow_run_id", "")),
-        }
-    )
+    summary = run_training(context, launcher, "benchmark", params, data, mlflow)
+    for outcome in ("measured", "reused", "skipped"):
+        context.log.info(f"{outcome} cells: {', '.join(summary.get(outcome, [])) or 'none'}")
+    reports = data.layout.reports
+    plot, table = reports / REPORT_FILES["plot"], reports / REPORT_FILES["markdown"]
+    metadata: dict[str, Any] = {
+        # read where this process sees the data directory (a k8s launch may write elsewhere)
+        "table": dg.MetadataValue.md(
+            table.read_text() if table.is_file() else f"not readable here: {table}"
+        ),
+        "fid_vs_steps": image_markdown(plot, "FID vs steps"),
+        "plot": dg.MetadataValue.path(str(plot)),
+        "report": dg.MetadataValue.path(str(table)),
+        "measured_cells": summary["measured_cells"],
+        "skipped_cells": dg.MetadataValue.json(summary["skipped_cells"]),
+        "ran_now": len(summary["measured"]),
+        "reused": len(summary["reused"]),
+        "world_size": summary["world_size"],
+        "best_fid": dg.MetadataValue.json(summary["best_fid"] or {}),
+        "mlflow_run_id": str(summary.get("mlflow_run_id", "")),
+    }
+    if summary["files"].get("k_ablation"):
+        metadata["k_ablation"] = image_markdown(summary["files"]["k_ablation"], "k ablation")
+    return dg.MaterializeResult(metadata=metadata)
 
 
 @dg.asset_check(

@@ -1,8 +1,11 @@
-"""Assets ``llcm``, ``lcm`` and ``llcm2``: consistency models distilled from the teacher.
+"""Assets ``llcm``, ``lcm`` and ``llcm2``: consistency models distilled from the teacher; and the
+skip-k ablation students ``llcm_k<k>`` (the paper's Fig. 3).
 
-One asset family: the three differ only in the teacher's solver (``distill.solvers``). Each calls
-its stage function in ``ops.distill_stage`` and attaches the loss, throughput, the registered
-model version and a sample grid (classes x 1, 2, 4, 8 steps).
+One asset family: the three differ only in the teacher's solver (``distill.solvers``), the
+ablation students only in k (``distill.k_ablation``, read from params.yaml when the code
+location loads, like the benchmark's partitions). Each calls its stage function in
+``ops.distill_stage`` and attaches the loss, throughput, the registered model version (not for
+ablation students) and a sample grid (classes x 1, 2, 4, 8 steps).
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import dagster as dg
 
 from assets._tracking import run_training
 from assets.metadata import picture
+from ops.ablation import ablation_k, ablation_models
+from ops.config import load_params
 from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
@@ -21,13 +26,18 @@ DESCRIPTIONS = {
 }
 
 
-def distilled_asset(name: str) -> dg.AssetsDefinition:
+def distilled_asset(name: str, group: str = "distill") -> dg.AssetsDefinition:
+    k = ablation_k(name)
+    description = DESCRIPTIONS.get(name) or (
+        f"Skip-k ablation (Fig. 3): llcm distilled with k = {k} instead of distill.k."
+    )
+
     @dg.asset(
         name=name,
         deps=["teacher", "latents"],
-        group_name="distill",
+        group_name=group,
         kinds={"pytorch", "mlflow"},
-        description=DESCRIPTIONS[name],
+        description=description,
     )
     def _asset(
         context,
@@ -62,3 +72,6 @@ def distilled_asset(name: str) -> dg.AssetsDefinition:
 llcm = distilled_asset("llcm")
 lcm = distilled_asset("lcm")
 llcm2 = distilled_asset("llcm2")
+ABLATION_ASSETS = [
+    distilled_asset(name, "distill_ablation") for name in ablation_models(load_params())
+]

@@ -1,10 +1,13 @@
 """Asset ``dreambooth``: the teacher fine-tuned DreamBooth-style on the evaluated classes, the
-few-shot baseline of the benchmark (stage function ``ops.dreambooth_stage.build_dreambooth``)."""
+few-shot baseline of the benchmark (stage function ``ops.dreambooth_stage.build_dreambooth``),
+run where the ``launcher`` resource says (under a launch the ranks share the prior images)."""
 
 import dagster as dg
 
+from assets._tracking import run_training
 from assets.benchmark import image_markdown
-from pipeline.resources import DataResource, ParamsResource
+from pipeline.launcher import LauncherResource
+from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
 
 @dg.asset(
@@ -13,13 +16,18 @@ from pipeline.resources import DataResource, ParamsResource
     kinds={"pytorch", "diffusers"},
     description="Teacher UNet fine-tuned with a rare-token identifier and class-prior preservation.",
 )
-def dreambooth(params: ParamsResource, data: DataResource) -> dg.MaterializeResult:
+def dreambooth(
+    context,
+    params: ParamsResource,
+    data: DataResource,
+    mlflow: MlflowResource,
+    launcher: LauncherResource,
+) -> dg.MaterializeResult:
     import json
 
     from ops.benchmark_models import DREAMBOOTH_PROMPTS_FILE
-    from ops.dreambooth_stage import build_dreambooth
 
-    summary = build_dreambooth(params.load(), data.layout)
+    summary = run_training(context, launcher, "dreambooth", params, data, mlflow)
     meta = json.loads((data.layout.model("dreambooth") / DREAMBOOTH_PROMPTS_FILE).read_text())
     prompts = "\n".join(
         ["| class | identifier prompt |", "| --- | --- |"]
@@ -35,5 +43,6 @@ def dreambooth(params: ParamsResource, data: DataResource) -> dg.MaterializeResu
             "prior_images": image_markdown(summary["prior_grid"], "prior images"),
             "model": dg.MetadataValue.path(summary["model_dir"]),
             "train_seconds": summary["train_seconds"],
+            "world_size": summary["world_size"],
         }
     )

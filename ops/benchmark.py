@@ -9,8 +9,14 @@ then measures per class and pooled over the classes:
 * KID (unbiased, so meaningful at the small n of the CPU presets),
 * n (generated) and n_ref (real), with ``ops.metrics``' warnings when n <= feature dim,
 * class fidelity: share of images the domain classifier assigns to the prompted class,
-* wall-clock seconds per image of generation (model loading and feature extraction excluded)
-  and the UNet evaluations per image (``nfe``; classifier-free guidance doubles the teacher's).
+* wall-clock seconds per image of generation (model loading and feature extraction excluded;
+  summed over the processes of a sharded run, so per process-image) and the UNet evaluations
+  per image (``nfe``; classifier-free guidance doubles the teacher's).
+
+Generation can be sharded over the processes of a launch (``benchmark.num_processes``, or
+Dagster's launcher): each process generates its own (class, batch) units, whose seeds do not
+depend on the process, and rank 0 reassembles them in order (``ops.benchmark_shards``), so the
+numbers equal a single-process run's.
 
 The *pooled* row (``class_name == "all"``) merges the per-class statistics exactly
 (``FeatureStats.merge_all``) and is the number Table 3 reports; per-class rows are kept next to
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 import zlib
@@ -38,16 +45,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
+from ops.ablation import ablation_rows
 from ops.benchmark_models import (
     ModelSpec,
     Sampler,
     SkipCell,
     grid_cells,
+    grid_models,
     model_spec,
     open_sampler,
     unavailable_reason,
+)
+from ops.benchmark_shards import (
+    ProcessGroup,
+    Unit,
+    UnitResult,
+    cell_units,
+    in_canonical_order,
+    shard,
 )
 from ops.config import stage_config
 from ops.layout import DataLayout
@@ -60,6 +76,8 @@ from ops.metrics import (
     load_extractor,
     reference_stats,
 )
+
+_log = logging.getLogger(__name__)
 
 POOLED = "all"
 CELLS_DIR = "cells"
@@ -95,9 +113,11 @@ def benchmark_config(params: dict[str, Any]) -> dict[str, Any]:
 def plan(
     params: dict[str, Any], models: Sequence[str] | None = None, steps: Sequence[int] | None = None
 ) -> list[tuple[str, int]]:
-    """The (model, steps) cells to run: ``benchmark.models`` x ``benchmark.steps`` by default."""
+    """The (model, steps) cells to run: :func:`grid_models` x ``benchmark.steps`` by default."""
     cfg = benchmark_config(params)
-    return grid_cells(list(models or cfg["models"]), [int(s) for s in (steps or cfg["steps"])])
+    return grid_cells(
+        list(models or grid_models(params)), [int(s) for s in (steps or cfg["steps"])]
+    )
 
 
 def evaluated_classes(params: dict[str, Any], manifest: pd.DataFrame) -> dict[str, str]:
@@ -152,13 +172,20 @@ class BenchContext:
     fingerprint: str = ""
 
 
-def load_context(params: dict[str, Any], layout: DataLayout) -> BenchContext:
-    """Classes, feature extractor, cached reference stats and the domain classifier."""
+def load_context(
+    params: dict[str, Any], layout: DataLayout, group: ProcessGroup | None = None
+) -> BenchContext:
+    """Classes, feature extractor, cached reference stats and the domain classifier.
+
+    Under a launch every rank loads the extractor and the classifier (it featurises its own
+    shard) on its own device; only rank 0 computes the references, which it alone compares
+    against (and caches: one writer per file), and the fingerprint it decides freshness by."""
     from ops.classifier import MODEL_NAME, load_domain_classifier
     from ops.training.runtime import torch_threads
 
+    group = group or ProcessGroup.current()
     cfg = benchmark_config(params)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = group.device
     if not layout.manifest.is_file():
         raise FileNotFoundError(f"{layout.manifest} does not exist: run medimgs_manifest first")
     manifest = pd.read_parquet(layout.manifest)
@@ -172,6 +199,17 @@ def load_context(params: dict[str, Any], layout: DataLayout) -> BenchContext:
             "stage first (benchmark.feature_extractor is 'domain')"
         )
     extractor = load_extractor(cfg["feature_extractor"], layout, params, device)
+    context = BenchContext(
+        cfg=cfg,
+        classes=classes,
+        extractor=extractor,
+        references={},
+        classifier=classifier,
+        classifier_names=names,
+        device=device,
+    )
+    if not group.is_main:
+        return context
     with torch_threads(cfg.get("classifier_threads")):
         refs = reference_stats(layout, extractor, list(classes), manifest=manifest, device=device)
     payload = {
@@ -181,16 +219,9 @@ def load_context(params: dict[str, Any], layout: DataLayout) -> BenchContext:
         "classifier": _weights(classifier) if classifier is not None else None,
         "config": {k: cfg.get(k) for k in MEASURE_KEYS},
     }
-    return BenchContext(
-        cfg=cfg,
-        classes=classes,
-        extractor=extractor,
-        references=refs,
-        classifier=classifier,
-        classifier_names=names,
-        device=device,
-        fingerprint=_sha(payload),
-    )
+    context.references = refs
+    context.fingerprint = _sha(payload)
+    return context
 
 
 def _weights(model: Any) -> str:
@@ -259,31 +290,68 @@ def _predict(context: BenchContext, images: np.ndarray, feats: np.ndarray) -> np
     return classify(context.classifier, images)
 
 
-def _measure_class(
-    context: BenchContext, sampler: Sampler, class_name: str, steps: int
-) -> tuple[dict[str, Any], FeatureStats, np.ndarray, np.ndarray | None, float, list[np.ndarray]]:
+def _generate_unit(context: BenchContext, sampler: Sampler, unit: Unit, steps: int) -> UnitResult:
+    """Generate one unit's images, featurise and classify them; keep its grid samples."""
     from ops.training.runtime import torch_threads
 
+    prompt, _ = sampler.prompt_for(unit.class_name, context.classes[unit.class_name])
+    t0 = time.perf_counter()
+    images = sampler.images(prompt, unit.n, steps, unit.seed)
+    seconds = time.perf_counter() - t0
+    with torch_threads(context.cfg.get("classifier_threads")):
+        feats = extract_features(images, context.extractor, device=context.device)
+        preds = _predict(context, images, feats)
+    keep = max(0, int(context.cfg["grid_samples"]) - unit.start)
+    return UnitResult(unit, feats, preds, seconds, list(images[:keep]))
+
+
+def generate_cell(
+    context: BenchContext, sampler: Sampler, steps: int, group: ProcessGroup | None = None
+) -> list[UnitResult] | None:
+    """Generate this rank's share of the cell's units (``ops.benchmark_shards``); rank 0 gets
+    every unit back in canonical order, other ranks None."""
+    from ops.training.runtime import torch_threads
+
+    group = group or ProcessGroup()
     cfg = context.cfg
-    n_total, batch = int(cfg["images_per_class"]), int(cfg["generation_batch_size"])
+    units = cell_units(
+        list(context.classes),
+        int(cfg["images_per_class"]),
+        int(cfg["generation_batch_size"]),
+        lambda name, batch: image_seed(cfg["seed"], name, batch),
+    )
+    mine: list[UnitResult | SkipCell]
+    try:
+        with torch_threads(cfg.get("threads")):
+            mine = [
+                _generate_unit(context, sampler, u, steps)
+                for u in shard(units, group.rank, group.world_size)
+            ]
+    except SkipCell as exc:  # still gathered: a rank that raised alone would hang the others
+        mine = [exc]
+    gathered = group.gather(mine)
+    if gathered is None:
+        return None
+    skips = [r for r in gathered if isinstance(r, SkipCell)]
+    if skips:
+        raise skips[0]
+    return in_canonical_order(gathered, units)
+
+
+def _class_row(
+    context: BenchContext, sampler: Sampler, class_name: str, results: list[UnitResult]
+) -> tuple[dict[str, Any], FeatureStats, np.ndarray, np.ndarray | None, float, list[np.ndarray]]:
+    """Metrics of one class from its units, accumulated batch by batch in canonical order
+    (the same ``update`` sequence whichever processes generated them)."""
+    cfg = context.cfg
     prompt, warning = sampler.prompt_for(class_name, context.classes[class_name])
     stats = FeatureStats(context.extractor.dim)
-    feats, preds, samples = [], [], []
-    seconds = 0.0
-    for b, start in enumerate(range(0, n_total, batch)):
-        n = min(batch, n_total - start)
-        t0 = time.perf_counter()
-        images = sampler.images(prompt, n, steps, image_seed(cfg["seed"], class_name, b))
-        seconds += time.perf_counter() - t0
-        with torch_threads(cfg.get("classifier_threads")):
-            f = extract_features(images, context.extractor, device=context.device)
-            p = _predict(context, images, f)
-        stats.update(f)
-        feats.append(f)
-        if p is not None:
-            preds.append(p)
-        samples += list(images[: max(0, int(cfg["grid_samples"]) - len(samples))])
-    all_feats = np.concatenate(feats)
+    for r in results:
+        stats.update(r.features)
+    all_feats = np.concatenate([r.features for r in results])
+    preds = [r.predictions for r in results if r.predictions is not None]
+    seconds = sum(r.seconds for r in results)
+    samples = [img for r in results for img in r.samples][: int(cfg["grid_samples"])]
     ref = context.references[class_name]
     metrics = evaluate_cell(
         stats,
@@ -340,24 +408,34 @@ def _write_cell(layout: DataLayout, model: str, steps: int, rows: list[dict[str,
 
 
 def measure_cell(
-    context: BenchContext, sampler: Sampler, model: str, steps: int
-) -> tuple[list[dict[str, Any]], list[list[np.ndarray]]]:
+    context: BenchContext,
+    sampler: Sampler,
+    model: str,
+    steps: int,
+    group: ProcessGroup | None = None,
+) -> tuple[list[dict[str, Any]], list[list[np.ndarray]]] | None:
     """The rows of one cell (per class, then pooled) and the kept samples per class; writes
-    nothing. Raises :class:`SkipCell` when the sampler cannot run ``steps``."""
-    from ops.training.runtime import torch_threads
-
+    nothing. With a ``group`` of several processes every rank must call it: each generates its
+    shard, rank 0 gets the rows and the others None. Raises :class:`SkipCell` when the sampler
+    cannot run ``steps``."""
+    group = group or ProcessGroup()
+    t0 = time.perf_counter()
+    results = generate_cell(context, sampler, steps, group)
+    if results is None:
+        return None
+    wall = time.perf_counter() - t0
     rows: list[dict[str, Any]] = []
     parts: list[tuple[FeatureStats, np.ndarray, np.ndarray | None, float]] = []
     samples: list[list[np.ndarray]] = []
-    with torch_threads(context.cfg.get("threads")):
-        for class_name in context.classes:
-            row, stats, feats, hits, seconds, kept = _measure_class(
-                context, sampler, class_name, steps
-            )
-            rows.append(row)
-            parts.append((stats, feats, hits, seconds))
-            samples.append(kept)
+    for class_name, group_results in groupby(results, key=lambda r: r.unit.class_name):
+        row, stats, feats, hits, seconds, kept = _class_row(
+            context, sampler, class_name, list(group_results)
+        )
+        rows.append(row)
+        parts.append((stats, feats, hits, seconds))
+        samples.append(kept)
     rows.append(_pooled_row(context, parts))
+    rows[-1]["wall_seconds"] = wall
     common = {
         "model": model,
         "steps": int(steps),
@@ -366,6 +444,7 @@ def measure_cell(
         "nfe": int(steps) * sampler.unet_calls_per_step,
         "guidance_scale": float(context.cfg["guidance_scale"]),
         "extractor": context.extractor.name,
+        "processes": group.world_size,
         "measured_at": pd.Timestamp.now(tz="UTC").isoformat(),
     }
     for i, row in enumerate(rows):
@@ -382,32 +461,35 @@ def run_cell(
     *,
     context: BenchContext | None = None,
     sampler: Sampler | None = None,
-) -> list[dict[str, Any]]:
+    group: ProcessGroup | None = None,
+) -> list[dict[str, Any]] | None:
     """Measure one (model, steps) cell over every evaluated class; write and return its rows.
 
     Rows: one per class plus the pooled row (``class_name == "all"``). A model that is not on
     disk, or a step count it cannot run, gives a single ``status == "skipped"`` row with the
-    reason. ``context`` and ``sampler`` let a caller reuse what it already loaded.
+    reason. ``context`` and ``sampler`` let a caller reuse what it already loaded. Under a
+    launch every rank calls it and generates its shard; rank 0 writes and returns the rows,
+    the other ranks return None.
     """
+    group = group or ProcessGroup.current()
     spec = model_spec(model)
     steps = int(steps)
     if spec.fixed_steps and steps != spec.fixed_steps:
         raise ValueError(f"{model} is measured at {spec.fixed_steps} steps only, not {steps}")
     reason = unavailable_reason(spec, layout, steps)
     if reason is not None:
-        rows = _skipped(model, steps, reason)
-        _write_cell(layout, model, steps, rows)
-        return rows
-    context = context or load_context(params, layout)
-    fingerprint = cell_fingerprint(context, spec, layout, steps)
-    sampler = sampler or open_sampler(spec, layout, context.cfg)
+        return _write_skipped(layout, model, steps, reason, group)
+    context = context or load_context(params, layout, group)
+    sampler = sampler or open_sampler(spec, layout, context.cfg, device=group.device)
     try:
-        rows, samples = measure_cell(context, sampler, model, steps)
+        measured = measure_cell(context, sampler, model, steps, group)
     except SkipCell as exc:
-        rows = _skipped(model, steps, str(exc))
-        _write_cell(layout, model, steps, rows)
-        return rows
+        return _write_skipped(layout, model, steps, str(exc), group)
+    if measured is None:
+        return None
+    rows, samples = measured
     grid = _save_grid(layout, model, steps, samples)
+    fingerprint = cell_fingerprint(context, spec, layout, steps)
     for row in rows:
         row.update(
             model_dir=str(layout.model(spec.directory)),
@@ -415,6 +497,16 @@ def run_cell(
             sample_grid=str(grid.relative_to(layout.root)),
             grid_cols=max(len(s) for s in samples),
         )
+    _write_cell(layout, model, steps, rows)
+    return rows
+
+
+def _write_skipped(
+    layout: DataLayout, model: str, steps: int, reason: str, group: ProcessGroup
+) -> list[dict[str, Any]] | None:
+    if not group.is_main:
+        return None
+    rows = _skipped(model, steps, reason)
     _write_cell(layout, model, steps, rows)
     return rows
 
@@ -498,28 +590,48 @@ def run_cells(
     cells: Sequence[tuple[str, int]],
     force: bool = False,
     progress: Any = None,
+    group: ProcessGroup | None = None,
 ) -> dict[str, list[str]]:
     """Run the cells that are missing, stale or skipped (all of them with ``force``),
-    loading each model once. Returns the cell names by outcome."""
+    loading each model once. Returns the cell names by outcome (on rank 0; the other ranks of
+    a launch get empty lists, they only generate their shards).
+
+    Rank 0 decides which cells to measure (it alone reads the cell files and the reference
+    fingerprint) and broadcasts the list, so every rank walks the same cells in step."""
+    group = group or ProcessGroup.current()
     context: BenchContext | None = None
     outcome: dict[str, list[str]] = {"measured": [], "reused": [], "skipped": []}
-    for model, group in groupby(cells, key=lambda c: c[0]):
-        spec = model_spec(model)
-        sampler: Sampler | None = None
-        for _, steps in group:
-            name = f"{model}__{steps}"
+    todo: list[tuple[str, int]] = []
+    if group.is_main:
+        for model, steps in cells:
+            name, spec = f"{model}__{steps}", model_spec(model)
             reason = unavailable_reason(spec, layout, steps)
-            if reason is None and context is None:
-                context = load_context(params, layout)
-            if reason is None and not force and cell_is_fresh(context, layout, model, steps):
-                outcome["reused"].append(name)
+            if reason is not None:
+                outcome["skipped"].append(name)
+                rows = _write_skipped(layout, model, steps, reason, group)
+                if progress is not None:
+                    progress(name, rows)
                 continue
-            if reason is None and sampler is None:
-                sampler = open_sampler(spec, layout, context.cfg)
-            rows = run_cell(model, steps, params, layout, context=context, sampler=sampler)
-            outcome["skipped" if rows[0]["status"] == "skipped" else "measured"].append(name)
+            context = context or load_context(params, layout, group)
+            if not force and cell_is_fresh(context, layout, model, steps):
+                outcome["reused"].append(name)
+            else:
+                todo.append((model, steps))
+    todo = group.broadcast(todo)
+    for model, model_cells in groupby(todo, key=lambda c: c[0]):
+        context = context or load_context(params, layout, group)
+        sampler = open_sampler(model_spec(model), layout, context.cfg, device=group.device)
+        for _, steps in model_cells:
+            rows = run_cell(
+                model, steps, params, layout, context=context, sampler=sampler, group=group
+            )
+            if rows is None:
+                continue
+            outcome["skipped" if rows[0]["status"] == "skipped" else "measured"].append(
+                f"{model}__{steps}"
+            )
             if progress is not None:
-                progress(name, rows)
+                progress(f"{model}__{steps}", rows)
         del sampler
     return outcome
 
@@ -536,28 +648,67 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """Run the missing cells of the grid (or of ``models`` x ``steps``), render the k-ablation
     grid when its models exist, summarise every cell of the configured grid into the reports
-    and log them to MLflow (one run named ``benchmark``)."""
-    from ops.benchmark_report import k_ablation, log_to_mlflow
+    and log them to MLflow (one run named ``benchmark``).
 
+    Launched in several processes (``benchmark.num_processes``, or a launcher), every rank
+    runs this; generation is sharded and rank 0 alone writes. The other ranks return a
+    summary of what they did."""
+    from ops.benchmark_report import ABLATION_FILE, k_ablation, log_to_mlflow, placeholder_picture
+
+    group = ProcessGroup.current()
     t0 = time.perf_counter()
-    outcome = run_cells(params, layout, plan(params, models, steps), force, progress)
+    outcome = run_cells(params, layout, plan(params, models, steps), force, progress, group)
+    if not group.is_main:
+        group.barrier()
+        return {"rank": group.rank, "world_size": group.world_size}
     summary = summarize(layout, params)
-    ablation = k_ablation(params, layout)
-    if ablation is not None:
-        summary["files"]["k_ablation"] = str(ablation)
+    ablation = k_ablation(params, layout) or placeholder_picture(
+        layout.reports / ABLATION_FILE, "no skip-k ablation student (distill.k_ablation) yet"
+    )
+    summary["files"]["k_ablation"] = str(ablation)
     summary.update({k: v for k, v in outcome.items()})
+    summary["world_size"] = group.world_size
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     if log_mlflow:
         summary["mlflow_run_id"] = log_to_mlflow(params, layout, summary)
+    group.barrier()
     return summary
 
 
 def build_benchmark(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
-    """Stage ``benchmark`` (``llcm stage benchmark``, dvc.yaml): the whole grid and reports.
-    The summary leaves out the markdown table (it is in ``reports/benchmark.md``)."""
-    summary = run_benchmark(params, layout)
+    """Stage ``benchmark`` (``llcm stage benchmark``, ``llcm benchmark``, dvc.yaml, the Dagster
+    asset): the grid and the reports, in ``benchmark.num_processes`` processes under
+    ``accelerate launch`` when that is > 1 (sharded generation), else here. Inside a launch
+    (Dagster's launcher starts one per rank) every rank joins it. The summary leaves out the
+    markdown table (it is in ``reports/benchmark.md``)."""
+    from ops.training.launch import run_trainer
+
+    return run_trainer("benchmark", params, layout, benchmark_config(params))
+
+
+def benchmark_ranks(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
+    """What every rank of the benchmark runs (trainer ``benchmark`` of ``ops.training.entry``).
+
+    ``benchmark.selection`` (set by ``llcm benchmark --models/--steps/--force``, not kept in
+    params.yaml) narrows which cells are run; the reports always cover the configured grid."""
+    selection = benchmark_config(params).get("selection") or {}
+    summary = run_benchmark(
+        params,
+        layout,
+        models=selection.get("models") or None,
+        steps=selection.get("steps") or None,
+        force=bool(selection.get("force", False)),
+        log_mlflow=bool(selection.get("log_mlflow", True)),
+        progress=log_progress,
+    )
     summary.pop("table", None)
     return summary
+
+
+def log_progress(name: str, rows: list[dict[str, Any]]) -> None:
+    """One log line per finished cell (forwarded to Dagster by the Pipes entrypoint)."""
+    reason = rows[0].get("reason") or ""
+    _log.info(f"cell {name}: {rows[0]['status']} {reason}".rstrip())
 
 
 def collect_cells(layout: DataLayout, params: dict[str, Any] | None = None) -> pd.DataFrame:
@@ -579,4 +730,11 @@ def summarize(layout: DataLayout, params: dict[str, Any] | None = None) -> dict[
     ``reports/fid_vs_steps.{csv,png}`` and a step-comparison grid per class."""
     from ops.benchmark_report import write_reports
 
-    return write_reports(layout, collect_cells(layout, params))
+    if params is None:
+        return write_reports(layout, collect_cells(layout))
+    return write_reports(
+        layout,
+        collect_cells(layout, params),
+        ablation=ablation_rows(params),
+        table3_models=list(benchmark_config(params)["models"]),
+    )

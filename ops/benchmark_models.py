@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ops.ablation import ablation_models
+from ops.config import stage_config
 from ops.layout import DataLayout
 
 if TYPE_CHECKING:  # torch and numpy load on use: the Dagster definitions import this module
@@ -71,6 +73,13 @@ BUILTIN_SPECS: dict[str, ModelSpec] = {
 def model_spec(name: str) -> ModelSpec:
     """The spec of a benchmark model name (unknown names are consistency models)."""
     return BUILTIN_SPECS.get(name) or ModelSpec(name, "consistency", name)
+
+
+def grid_models(params: dict[str, Any]) -> list[str]:
+    """The benchmarked models: ``benchmark.models`` (Table 3), then the skip-k ablation
+    students (``distill.k_ablation``, reported in their own table)."""
+    models = stage_config(params, "benchmark")["models"]
+    return list(dict.fromkeys([*models, *ablation_models(params)]))
 
 
 def grid_cells(models: list[str], steps: list[int]) -> list[tuple[str, int]]:
@@ -240,10 +249,16 @@ class ConsistencySampler:
         return np.stack([np.asarray(img.convert("RGB")) for img in pil])
 
 
-def open_sampler(spec: ModelSpec, layout: DataLayout, cfg: dict[str, Any]) -> Sampler:
-    """Load the model of ``spec`` (check :func:`unavailable_reason` first)."""
+def open_sampler(
+    spec: ModelSpec, layout: DataLayout, cfg: dict[str, Any], device: str | None = None
+) -> Sampler:
+    """Load the model of ``spec`` (check :func:`unavailable_reason` first) on ``device``
+    (default: the GPU if there is one; each rank of a launch passes its own)."""
+    import torch
+
     directory = layout.model(spec.directory)
     guidance = float(cfg["guidance_scale"])
+    where = torch.device(device) if device else None
     if spec.family == "diffusion":
         return DiffusionSampler(
             directory,
@@ -251,5 +266,6 @@ def open_sampler(spec: ModelSpec, layout: DataLayout, cfg: dict[str, Any]) -> Sa
             guidance,
             str(cfg.get("teacher_timestep_spacing") or "trailing"),
             spec.identifier_prompts,
+            device=where,
         )
-    return ConsistencySampler(directory, guidance)
+    return ConsistencySampler(directory, guidance, device=where)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ops.ablation import BASE_MODEL, ablation_rows
 from ops.benchmark import (
     POOLED,
     benchmark_config,
@@ -37,6 +38,15 @@ from ops.benchmark_models import ConsistencySampler, SkipCell, model_spec, unava
 from ops.layout import DataLayout
 from ops.plots import fid_vs_steps_plot, k_ablation_grid, step_comparison_grid, table3_markdown
 
+#: The report files under ``reports/`` by role (the k-ablation picture is written separately).
+REPORT_FILES = {
+    "parquet": "benchmark.parquet",
+    "json": "benchmark.json",
+    "markdown": "benchmark.md",
+    "csv": "fid_vs_steps.csv",
+    "plot": "fid_vs_steps.png",
+}
+ABLATION_FILE = "k_ablation.png"
 POOLED_COLUMNS = ["model", "steps", "fid", "kid", "n", "class_fidelity", "seconds_per_image", "nfe"]
 
 
@@ -149,7 +159,8 @@ def markdown_report(df: pd.DataFrame) -> str:
     return "\n".join(out) + "\n"
 
 
-def _placeholder_plot(path: Path, text: str) -> Path:
+def placeholder_picture(path: Path, text: str) -> Path:
+    """A picture that says why the real one is missing (DVC outputs must exist)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -179,35 +190,52 @@ def step_grids(layout: DataLayout, ok: pd.DataFrame) -> dict[str, Path]:
     }
 
 
-def write_reports(layout: DataLayout, df: pd.DataFrame) -> dict[str, Any]:
-    """Write every report file from the cell rows; returns a summary (paths, counts, table)."""
+def write_reports(
+    layout: DataLayout,
+    df: pd.DataFrame,
+    ablation: dict[int, str] | None = None,
+    table3_models: list[str] | None = None,
+) -> dict[str, Any]:
+    """Write every report file from the cell rows; returns a summary (paths, counts, table).
+
+    ``ablation`` (k -> model, ``ops.ablation.ablation_rows``) gets its own table; the models
+    that are only in the ablation stay out of Table 3, the plot and the step grids (they are
+    in the parquet and the DVC metrics). ``table3_models`` (``benchmark.models``) orders
+    Table 3."""
     reports = layout.reports
     reports.mkdir(parents=True, exist_ok=True)
+    everything = df
+    ablation = ablation or {}
+    ablation_only = set(ablation.values()) - set(table3_models or [])
+    if not df.empty and ablation_only:
+        df = df[~df["model"].isin(ablation_only)]
     ok = df[df["status"] == "ok"] if not df.empty else df
     pooled = ok[ok["class_name"] == POOLED]
-    per_class = ok[ok["class_name"] != POOLED]
-    files = {
-        "parquet": reports / "benchmark.parquet",
-        "json": reports / "benchmark.json",
-        "markdown": reports / "benchmark.md",
-        "csv": reports / "fid_vs_steps.csv",
-        "plot": reports / "fid_vs_steps.png",
-    }
-    df.to_parquet(files["parquet"], index=False)
-    metrics = dvc_metrics(pooled, per_class)
+    files = {key: reports / name for key, name in REPORT_FILES.items()}
+    everything.to_parquet(files["parquet"], index=False)
+    all_ok = everything[everything["status"] == "ok"] if not everything.empty else everything
+    metrics = dvc_metrics(
+        all_ok[all_ok["class_name"] == POOLED], all_ok[all_ok["class_name"] != POOLED]
+    )
     files["json"].write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     table = markdown_report(df)
+    if ablation:
+        table += "\n" + ablation_markdown(all_ok[all_ok["class_name"] == POOLED], ablation)
     files["markdown"].write_text(table)
     csv = pooled[[c for c in POOLED_COLUMNS if c in pooled]].copy()
     csv.to_csv(files["csv"], index=False)
     if pooled.empty:
-        _placeholder_plot(files["plot"], "no benchmark cell measured yet")
+        placeholder_picture(files["plot"], "no benchmark cell measured yet")
     else:
         fid_vs_steps_plot(pooled, files["plot"], title="Pooled FID vs inference steps")
     grids = step_grids(layout, ok)
-    skipped = df[df["status"] == "skipped"] if not df.empty else df
+    skipped = everything[everything["status"] == "skipped"] if not everything.empty else everything
     return {
-        "cells": int(df[["model", "steps"]].drop_duplicates().shape[0]) if not df.empty else 0,
+        "cells": (
+            int(everything[["model", "steps"]].drop_duplicates().shape[0])
+            if not everything.empty
+            else 0
+        ),
         "measured_cells": len(pooled),
         "skipped_cells": {
             f"{r.model}__{r.steps}": str(r.reason) for r in skipped.itertuples(index=False)
@@ -219,6 +247,25 @@ def write_reports(layout: DataLayout, df: pd.DataFrame) -> dict[str, Any]:
     }
 
 
+def ablation_markdown(pooled: pd.DataFrame, ablation: dict[int, str]) -> str:
+    """The skip-k ablation as a table: pooled FID of each k's student (rows) by steps."""
+    steps = sorted(int(s) for s in pooled["steps"].unique()) if not pooled.empty else []
+    lookup = {(str(r.model), int(r.steps)): r.fid for r in pooled.itertuples(index=False)}
+    rows = [
+        [f"k = {k} (`{model}`)"] + [_fmt(lookup.get((model, s))) for s in steps]
+        for k, model in sorted(ablation.items())
+    ]
+    out = [
+        "## Skip k ablation (the paper's Fig. 3)",
+        "",
+        "Pooled FID of LLCM students distilled with skip k, otherwise identical (same solver, "
+        "seed, steps and data); `k_ablation.png` shows their samples. A step count above "
+        "1000/k cannot be sampled (–).",
+        "",
+    ]
+    return "\n".join(out + _table(["Skip k", *[str(s) for s in steps]], rows)) + "\n"
+
+
 def _best(pooled: pd.DataFrame) -> dict[str, Any] | None:
     finite = pooled[np.isfinite(pooled["fid"].astype(float))] if not pooled.empty else pooled
     if finite.empty:
@@ -228,26 +275,29 @@ def _best(pooled: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def k_ablation(params: dict[str, Any], layout: DataLayout) -> Path | None:
-    """Fig. 3: samples of ``llcm_k<k>`` (k in ``benchmark.k_ablation``) at every step count for
-    the first evaluated class, same seed everywhere. None when no such model exists (the
-    stage that trains them is separate)."""
+    """Fig. 3: samples of the skip-k students (``ops.ablation.ablation_rows``: ``llcm`` at
+    ``distill.k``, ``llcm_k<k>`` at the others) at every step count for the first evaluated
+    class, same seed everywhere. None when no ablation student exists yet."""
     cfg = benchmark_config(params)
-    ks = [int(k) for k in cfg.get("k_ablation") or []]
-    present = [k for k in ks if unavailable_reason(model_spec(f"llcm_k{k}"), layout, 1) is None]
-    if not present or not layout.manifest.is_file():
+    rows_by_k = {
+        k: model
+        for k, model in ablation_rows(params).items()
+        if unavailable_reason(model_spec(model), layout, 1) is None
+    }
+    if set(rows_by_k.values()) <= {BASE_MODEL} or not layout.manifest.is_file():
         return None
     classes = evaluated_classes(params, pd.read_parquet(layout.manifest))
     class_name, prompt = next(iter(classes.items()))
     seed = image_seed(cfg["seed"], class_name, 0)
     rows: dict[int, dict[int, Any]] = {}
-    for k in present:
-        sampler = ConsistencySampler(layout.model(f"llcm_k{k}"), float(cfg["guidance_scale"]))
+    for k, model in rows_by_k.items():
+        sampler = ConsistencySampler(layout.model(model), float(cfg["guidance_scale"]))
         for steps in sorted(int(s) for s in cfg["steps"]):
             try:
                 rows.setdefault(k, {})[steps] = sampler.images(prompt, 1, steps, seed)[0]
             except SkipCell:
                 continue
-    return k_ablation_grid(rows, layout.reports / "k_ablation.png", title=f"skip k: {class_name}")
+    return k_ablation_grid(rows, layout.reports / ABLATION_FILE, title=f"skip k: {class_name}")
 
 
 def _flat(prefix: str, value: Any) -> dict[str, str]:

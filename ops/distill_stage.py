@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ops.ablation import ablation_k, student_config
 from ops.config import stage_config
 from ops.consistency import distill_loss, make_student, solver_for_model
 from ops.layout import DataLayout
@@ -33,7 +34,7 @@ from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
 from ops.training.launch import run_trainer
 from ops.training.loop import LoopSettings, train_loop
 from ops.training.mlflow_run import MlflowRun, resume_and_start_run
-from ops.training.runtime import create_accelerator, seed_everything
+from ops.training.runtime import create_accelerator, seed_everything, torch_threads
 
 STAGE = "distill"
 TEACHER = "teacher"
@@ -59,15 +60,32 @@ def build_llcm2(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
     return _build("llcm2", params, layout)
 
 
+def build_ablation_student(model: str, params: dict[str, Any], layout: DataLayout) -> dict:
+    """A student of the skip-k ablation (``llcm_k<k>``, ``ops.ablation``): llcm with its k."""
+    if ablation_k(model) is None:
+        raise KeyError(f"{model!r} is not an ablation student name (llcm_k<k>)")
+    return _build(model, params, layout)
+
+
 def _build(model: str, params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
-    return run_trainer(model, params, layout, stage_config(params, STAGE))
+    return run_trainer(model, params, layout, student_config(model, stage_config(params, STAGE)))
 
 
 def train_distilled(model: str, params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
-    """Trainer entrypoint (``python -m ops.training.entry llcm``): distill, save, register."""
+    """Trainer entrypoint (``python -m ops.training.entry llcm``): distill, save, register.
+
+    Runs in one or several processes, on ``distill.threads`` torch CPU threads each (see
+    ``ops.training.runtime.torch_threads``), resumes from ``checkpoints/<model>``."""
+    cfg = student_config(model, stage_config(params, STAGE))
+    with torch_threads(cfg.get("threads")):
+        return _distill(model, cfg, params, layout)
+
+
+def _distill(
+    model: str, cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout
+) -> dict[str, Any]:
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
-    cfg = stage_config(params, STAGE)
     solver = solver_for_model(model, cfg)
     teacher_dir = layout.model(TEACHER)
     if not (teacher_dir / "model_index.json").is_file():

@@ -35,6 +35,7 @@ from safetensors.torch import load_file
 
 from ops.benchmark import benchmark_config, evaluated_classes, image_seed
 from ops.benchmark_models import DREAMBOOTH_PROMPTS_FILE
+from ops.benchmark_shards import ProcessGroup, shard
 from ops.config import stage_config
 from ops.dreambooth import dreambooth_loss, finetune_dreambooth, rare_token_prompt
 from ops.layout import DataLayout
@@ -168,7 +169,8 @@ def train_dreambooth(params: dict[str, Any], layout: DataLayout) -> dict[str, An
     if not instances:
         raise ValueError(f"no training latents for any evaluated class ({', '.join(classes)})")
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    group = ProcessGroup.current()
+    device = torch.device(group.device)
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
     pipe = StableDiffusionPipeline.from_pretrained(teacher_dir, use_safetensors=True)
@@ -179,20 +181,29 @@ def train_dreambooth(params: dict[str, Any], layout: DataLayout) -> dict[str, An
     pipe.set_progress_bar_config(disable=True)
     pipe = pipe.to(device)
 
-    # 1. prior images from the frozen teacher, before its UNet changes
+    # 1. prior images from the frozen teacher, before its UNet changes; under a launch the
+    #    classes are dealt over the ranks (seeds are per class) and gathered on rank 0, which
+    #    alone fine-tunes: DreamBooth's batch of 4 has nothing to split across devices.
     guidance = float(bench["guidance_scale"])
-    priors = {
-        name: prior_latents(
-            pipe,
-            classes[name],
-            int(cfg["prior_images_per_class"]),
-            int(cfg["prior_steps"]),
-            guidance,
-            seed,
-            int(bench["generation_batch_size"]),
+    mine = [
+        (
+            name,
+            prior_latents(
+                pipe,
+                classes[name],
+                int(cfg["prior_images_per_class"]),
+                int(cfg["prior_steps"]),
+                guidance,
+                seed,
+                int(bench["generation_batch_size"]),
+            ),
         )
-        for name in instances
-    }
+        for name in shard(list(instances), group.rank, group.world_size)
+    ]
+    gathered = group.gather(mine)
+    if gathered is None:
+        return {"rank": group.rank, "prior_classes": [name for name, _ in mine]}
+    priors = {name: dict(gathered)[name] for name in instances}
     # 2. captions: identifier prompt for instances, class prompt for priors
     identifier = str(cfg["identifier"])
     instance_prompts = {name: rare_token_prompt(classes[name], identifier) for name in instances}
@@ -252,6 +263,7 @@ def train_dreambooth(params: dict[str, Any], layout: DataLayout) -> dict[str, An
         "first_losses": losses[:5],
         "last_losses": losses[-5:],
         "train_seconds": round(train_seconds, 3),
+        "world_size": group.world_size,
         "seconds": 0.0,
     }
     meta = {

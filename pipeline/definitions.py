@@ -18,8 +18,9 @@ from pipeline.schedules import jobs, schedules
 all_assets = dg.load_assets_from_package_module(assets)
 all_checks = dg.load_asset_checks_from_package_module(assets)
 
-# Training steps already use every core through torch's thread pool; running two at once on a
-# small machine only makes both slower. Raise LLCM_MAX_CONCURRENT on a machine with room.
+# One asset at a time by default: a stage left on torch's default thread pool (or a GPU stage)
+# uses the whole machine, and two at once only make both slower. `make run` sets 2, because its
+# tiny stages each train on one thread (params.yaml `threads`) and the machine has 2 cores.
 executor = dg.multiprocess_executor.configured(
     {"max_concurrent": int(os.environ.get("LLCM_MAX_CONCURRENT", "1"))}
 )

@@ -37,8 +37,8 @@ SUMMARY_MESSAGE_KEY = "llcm_stage_summary"
 
 
 def resolve_stage(stage: str) -> StageFn:
-    """A registered stage name, or a ``module:function`` import string."""
-    if stage in STAGES:
+    """A registered stage name (``pipeline.stages.resolve``), or a ``module:function``."""
+    if ":" not in stage:
         return resolve(stage)
     module, sep, attr = stage.partition(":")
     if not sep or not module or not attr:

@@ -7,10 +7,12 @@ use, so that listing stages imports no torch.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
+from ops.ablation import ablation_k
 from ops.layout import DataLayout
 
 StageFn = Callable[[dict[str, Any], DataLayout], dict[str, Any]]
@@ -31,7 +33,12 @@ STAGES: dict[str, str] = {
 
 
 def resolve(name: str) -> StageFn:
+    """A stage function by name: one of ``STAGES`` or an ablation student ``llcm_k<k>``."""
+    if ablation_k(name) is not None:
+        from ops.distill_stage import build_ablation_student
+
+        return functools.partial(build_ablation_student, name)
     if name not in STAGES:
-        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}")
+        raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}, llcm_k<k>")
     module, _, attr = STAGES[name].partition(":")
     return getattr(importlib.import_module(module), attr)

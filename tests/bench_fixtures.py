@@ -22,7 +22,6 @@ BENCH_OVERRIDES = {
     "generation_batch_size": 4,
     "grid_samples": 2,
     "kid_subsets": 10,
-    "k_ablation": [],
     "champion_models": ["llcm"],
     "champion_steps": [1, 2],
 }
@@ -34,6 +33,7 @@ def bench_params() -> dict:
     """The micro preset with the small benchmark grid above (a fresh dict every call)."""
     params = load_params(REPO / "params.yaml", preset="micro")
     params["benchmark"].update(BENCH_OVERRIDES)
+    params["distill"]["k_ablation"] = []  # ablation students: their own tests
     params["presets"]["micro"]["benchmark"].update(images_per_class=4, classes=2)
     return params
 

@@ -195,12 +195,14 @@ def test_a_fixed_step_model_rejects_other_step_counts(world):
 
 # --- Dagster: partitions, then the summary ---------------------------------------------------
 def _resources(params_file, layout, tracking_uri=None):
+    from pipeline.launcher import LauncherResource
     from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
     return {
         "params": ParamsResource(path=str(params_file), preset="micro"),
         "data": DataResource(root=str(layout.root)),
         "mlflow": MlflowResource(tracking_uri=tracking_uri),
+        "launcher": LauncherResource(),
     }
 
 
@@ -289,16 +291,38 @@ def test_cli_benchmark_reuses_cells_and_report_prints_table_3(world, grid, tmp_p
     assert "no benchmark report" in capsys.readouterr().err
 
 
-def test_k_ablation_grid_renders_existing_students_only(world, tmp_path):
+def test_k_ablation_students_get_their_own_table_and_picture(world, tmp_path):
+    """Students llcm_k<k> are cells of the grid, reported in a skip-k table (llcm is the row
+    at distill.k) and kept out of Table 3; the picture needs at least one student."""
+    from ops.benchmark import summarize
     from ops.benchmark_report import k_ablation
     from ops.layout import DataLayout
 
     layout = DataLayout.from_env(tmp_path / "data")
-    (layout.models).mkdir(parents=True)
+    layout.models.mkdir(parents=True)
     (layout.root / "medimgs").symlink_to(world["layout"].root / "medimgs")
+    for name in ("domain_classifier", "llcm"):
+        (layout.models / name).symlink_to(world["layout"].model(name))
     params = bench_params()
-    assert k_ablation(params, layout) is None  # no llcm_k<k> models: nothing to render
-    (layout.models / "llcm_k20").symlink_to(world["layout"].model("llcm"))
-    params["benchmark"]["k_ablation"] = [5, 20]
+    params["distill"]["k_ablation"] = [5, 10]
+    assert [c for c in plan(params) if c[0].startswith("llcm_k")] == [
+        ("llcm_k5", 1), ("llcm_k5", 2), ("llcm_k10", 1), ("llcm_k10", 2)
+    ]  # fmt: skip
+    assert k_ablation(params, layout) is None  # llcm alone: no student to compare with
+    # the micro llcm (k = 20) stands in for a k = 10 student: the pipeline reads names only
+    (layout.models / "llcm_k10").symlink_to(world["layout"].model("llcm"))
+    outcome = run_cells(params, layout, [("llcm", 1), ("llcm_k5", 1), ("llcm_k10", 1)])
+    assert outcome["measured"] == ["llcm__1", "llcm_k10__1"]
+    assert outcome["skipped"] == ["llcm_k5__1"]
+
+    summary = summarize(layout, params)
+    table3, ablation = summary["table"].split("## Skip k ablation")
+    assert "llcm_k10" not in table3 and "| llcm |" in table3
+    fid = json.loads(layout.reports.joinpath("benchmark.json").read_text())["fid"]
+    assert fid["llcm_k10"]["1"] == fid["llcm"]["1"]  # same weights, same seeds, same FID
+    assert f"| k = 10 (`llcm_k10`) | {fid['llcm_k10']['1']:.2f} |" in ablation
+    assert f"| k = 20 (`llcm`) | {fid['llcm']['1']:.2f} |" in ablation
+    assert "| k = 5 (`llcm_k5`) | – |" in ablation
+    assert "llcm_k5__1" in summary["skipped_cells"]
     path = k_ablation(params, layout)
     assert path == layout.reports / "k_ablation.png" and path.stat().st_size > 1000

@@ -100,3 +100,30 @@ def test_killed_distillation_resumes_from_its_last_checkpoint(data, tmp_path, on
     assert summary["resumed_from"] == killed_at and summary["final_step"] == finish
     assert summary["samples_per_rank"] == [2 * 8]
     assert not checkpoints.exists()
+
+
+def test_ablation_student_is_llcm_with_its_own_k_and_stays_out_of_the_registry(data, capsys):
+    """``llcm stage llcm_k50`` (what dvc.yaml's distill_k stage runs) distills the llcm
+    recipe with k = 50: 1000/50 = 20 original inference steps; not registered as a model."""
+    from bench_fixtures import write_params
+    from mlflow import MlflowClient
+
+    from ops.ablation import ablation_rows, student_config
+    from pipeline.cli import main
+
+    params = micro_test_params(*DISTILL, "distill.k_ablation=[50]")
+    cfg = student_config("llcm_k50", stage_config(params, "distill"))
+    assert cfg["k"] == 50 and cfg["solvers"]["llcm_k50"] == "leapfrog" and not cfg["register"]
+    assert ablation_rows(params) == {50: "llcm_k50", 100: "llcm"}
+
+    params_file = write_params(params, data.root.parent / "params.yaml")
+    rc = main(["stage", "llcm_k50", "--params", str(params_file), "--data", str(data.root)])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["k"] == 50 and summary["solver"] == "leapfrog"
+    meta = json.loads((data.model("llcm_k50") / "llcm.json").read_text())
+    assert meta["original_inference_steps"] == 20 and "registered_version" not in summary
+    client = MlflowClient(f"sqlite:///{data.mlflow_db}")
+    registered = {m.name for m in client.search_registered_models()}
+    assert "llcm_k50" not in registered
+    assert main(["stage", "llcm_kx", "--data", str(data.root)]) == 2
+    assert "unknown stage 'llcm_kx'" in capsys.readouterr().err

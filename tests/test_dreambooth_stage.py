@@ -105,3 +105,40 @@ def test_saved_directory_loads_and_samples_in_stock_diffusers(dreambooth_run):
     assert pipe.scheduler.config.timestep_spacing == "leading"  # the teacher's own scheduler
     image = pipe("a sks x-ray", num_inference_steps=2, output_type="np").images
     assert image.shape == (1, 16, 16, 3)
+
+
+def test_asset_through_the_local_launcher_shares_priors_across_two_ranks(
+    dreambooth_run, tmp_path, monkeypatch
+):
+    """The ``dreambooth`` asset with 2 launched processes: the ranks split the prior classes,
+    rank 0 fine-tunes, and the result is the single-process model bit for bit."""
+    import shutil
+
+    import dagster as dg
+    from bench_fixtures import write_params
+    from safetensors.torch import load_file
+
+    from assets.dreambooth import dreambooth
+    from pipeline.launcher import LauncherResource
+    from pipeline.resources import DataResource, MlflowResource, ParamsResource
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    layout, _, params, single = dreambooth_run
+    copy = DataLayout.from_env(tmp_path / "data")
+    shutil.copytree(layout.root, copy.root, ignore=shutil.ignore_patterns("dreambooth"))
+    resources = {
+        "params": ParamsResource(
+            path=str(write_params(params, tmp_path / "p.yaml")), preset="micro"
+        ),
+        "data": DataResource(root=str(copy.root)),
+        "mlflow": MlflowResource(),
+        "launcher": LauncherResource(kind="local", num_processes=2),
+    }
+    result = dg.materialize([dreambooth], resources=resources)
+    assert result.success
+    [event] = result.asset_materializations_for_node("dreambooth")
+    assert event.metadata["world_size"].value == 2 and single["world_size"] == 1
+    assert event.metadata["loss_after"].value == single["loss_after"]
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    one, two = (load_file(str(x.model("dreambooth") / weights)) for x in (layout, copy))
+    assert all(torch.equal(one[k], two[k]) for k in one)

@@ -12,6 +12,7 @@ and writes it to ``--summary``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 from collections.abc import Callable
@@ -29,10 +30,18 @@ TRAINERS: dict[str, str] = {
     "llcm": "ops.distill_stage:train_llcm",
     "lcm": "ops.distill_stage:train_lcm",
     "llcm2": "ops.distill_stage:train_llcm2",
+    "benchmark": "ops.benchmark:benchmark_ranks",
 }
 
 
 def resolve_trainer(stage: str) -> Trainer:
+    """A ``TRAINERS`` name, an ablation student ``llcm_k<k>`` or a ``module:function``."""
+    from ops.ablation import ablation_k
+
+    if ablation_k(stage) is not None:
+        from ops.distill_stage import train_distilled
+
+        return functools.partial(train_distilled, stage)
     target = TRAINERS.get(stage, stage)
     module, sep, attr = target.partition(":")
     if not sep:

@@ -1,17 +1,20 @@
 """``llcm benchmark`` and ``llcm report``: the benchmark outside Dagster.
 
-    llcm benchmark [--models llcm lcm] [--steps 1 2 4] [--force]
+    llcm benchmark [--models llcm lcm] [--steps 1 2 4] [--force] [--num-processes 2]
 
 runs the cells of ``--models`` x ``--steps`` (default: the whole configured grid) that are
 missing, stale or skipped (``--force``: all of them), then rewrites the reports from every cell
 of the configured grid and logs them to MLflow; prints a JSON summary (the table goes to
-``reports/benchmark.md``). ``llcm report`` prints that markdown (Table 3 first).
+``reports/benchmark.md``). ``--num-processes N`` (default ``benchmark.num_processes``) shards
+the generation over N processes under ``accelerate launch``; the numbers do not change.
+``llcm report`` prints that markdown (Table 3 first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from pipeline.commands.common import add_config_args, config_from_args
@@ -20,24 +23,20 @@ REPORT_FILE = "benchmark.md"
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
-    from ops.benchmark import run_benchmark
+    from ops.benchmark import build_benchmark
 
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     params, layout = config_from_args(args)
-
-    def progress(name: str, rows: list[dict]) -> None:
-        reason = rows[0].get("reason") or ""
-        print(f"cell {name}: {rows[0]['status']} {reason}".rstrip(), file=sys.stderr)
-
-    summary = run_benchmark(
-        params,
-        layout,
-        models=args.models or None,
-        steps=args.steps or None,
-        force=args.force,
-        log_mlflow=not args.no_mlflow,
-        progress=progress,
-    )
-    summary.pop("table", None)
+    bench = params.setdefault("benchmark", {})
+    bench["selection"] = {
+        "models": args.models,
+        "steps": args.steps,
+        "force": args.force,
+        "log_mlflow": not args.no_mlflow,
+    }
+    if args.num_processes:
+        bench["num_processes"] = args.num_processes
+    summary = build_benchmark(params, layout)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -69,6 +68,12 @@ def register(sub) -> None:
     )
     parser.add_argument("--force", action="store_true", help="re-run cells even when fresh")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=0,
+        help="shard generation over N processes (default: benchmark.num_processes)",
+    )
     add_config_args(parser)
     parser.set_defaults(handler=run_benchmark_command)
 

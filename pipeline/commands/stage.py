@@ -18,6 +18,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     parser = sub.add_parser("stage", help="run one pipeline stage (as dvc repro does)")
-    parser.add_argument("name", choices=sorted(STAGES))
+    parser.add_argument(
+        "name", help=f"one of {', '.join(STAGES)}, or llcm_k<k> (a skip-k ablation student)"
+    )
     add_config_args(parser)
     parser.set_defaults(handler=run)
