@@ -34,6 +34,8 @@ from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
 # Pictures larger than this are linked by path only: Dagster keeps metadata in its database.
 MAX_EMBEDDED_BYTES = 1_000_000
+# Step-comparison grids (Fig. 1) shown inline: the first few classes; all are listed by path.
+EMBEDDED_STEP_GRIDS = 4
 UPSTREAM = [
     "domain_classifier",
     "teacher",
@@ -181,6 +183,10 @@ def benchmark(
     }
     if summary["files"].get("k_ablation"):
         metadata["k_ablation"] = image_markdown(summary["files"]["k_ablation"], "k ablation")
+    grids = summary.get("step_grids") or {}
+    metadata["step_grids"] = dg.MetadataValue.json(grids)
+    for class_name, path in list(grids.items())[:EMBEDDED_STEP_GRIDS]:
+        metadata[f"steps_{class_name}"] = image_markdown(path, f"{class_name}: models x steps")
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -249,7 +249,8 @@ def write_reports(
 
 def ablation_markdown(pooled: pd.DataFrame, ablation: dict[int, str]) -> str:
     """The skip-k ablation as a table: pooled FID of each k's student (rows) by steps."""
-    steps = sorted(int(s) for s in pooled["steps"].unique()) if not pooled.empty else []
+    rows_of_students = pooled[pooled["model"].isin(list(ablation.values()))]
+    steps = sorted(int(s) for s in rows_of_students["steps"].unique())
     lookup = {(str(r.model), int(r.steps)): r.fid for r in pooled.itertuples(index=False)}
     rows = [
         [f"k = {k} (`{model}`)"] + [_fmt(lookup.get((model, s))) for s in steps]

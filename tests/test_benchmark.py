@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 from bench_fixtures import bench_params, bench_world, linked_layout, write_params
+from dagster_fixtures import asset_resources
 
 from ops.benchmark import (
     POOLED,
@@ -194,18 +195,6 @@ def test_a_fixed_step_model_rejects_other_step_counts(world):
 
 
 # --- Dagster: partitions, then the summary ---------------------------------------------------
-def _resources(params_file, layout, tracking_uri=None):
-    from pipeline.launcher import LauncherResource
-    from pipeline.resources import DataResource, MlflowResource, ParamsResource
-
-    return {
-        "params": ParamsResource(path=str(params_file), preset="micro"),
-        "data": DataResource(root=str(layout.root)),
-        "mlflow": MlflowResource(tracking_uri=tracking_uri),
-        "launcher": LauncherResource(),
-    }
-
-
 def test_partitions_run_single_cells_then_the_summary_fills_the_rest(
     world, tmp_path, tmp_path_factory
 ):
@@ -218,7 +207,8 @@ def test_partitions_run_single_cells_then_the_summary_fills_the_rest(
     params["benchmark"]["models"] = ["teacher_ddim", "llcm", "lcm"]
     params_file = write_params(params, tmp_path / "params.yaml")
     layout = linked_layout(world, tmp_path / "linked")
-    resources = _resources(params_file, layout, f"sqlite:///{registry['layout'].mlflow_db}")
+    tracking = f"sqlite:///{registry['layout'].mlflow_db}"
+    resources = asset_resources(layout.root, params_file=params_file, tracking_uri=tracking)
 
     keys = {str(k) for k in BENCHMARK_PARTITIONS.get_partition_keys()}
     assert {"llcm|2", "teacher_ddim|1", "teacher_ddim50|50"} <= keys
@@ -242,6 +232,10 @@ def test_partitions_run_single_cells_then_the_summary_fills_the_rest(
     assert set(meta["skipped_cells"].value) == {"lcm__1", "lcm__2"}
     assert "Table-3 number" in meta["table"].value and "| Model | 1 | 2 |" in meta["table"].value
     assert meta["plot"].value.endswith("fid_vs_steps.png")
+    classes = evaluated_classes(params, world["manifest"])
+    assert set(meta["step_grids"].value) == set(classes)  # Fig. 1 per class, shown inline
+    assert all(meta[f"steps_{c}"].value.startswith("![") for c in classes)
+    assert meta["k_ablation"].value.startswith("![")  # a placeholder: no ablation students here
 
     import mlflow
 

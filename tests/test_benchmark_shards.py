@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from bench_fixtures import bench_params, bench_world, linked_layout, write_params
+from dagster_fixtures import asset_resources
 from PIL import Image
 
 from ops.benchmark import POOLED, plan, read_cell, run_benchmark
@@ -82,8 +83,6 @@ def test_two_launched_processes_measure_exactly_what_one_process_measures(
 ):
     from assets.benchmark import benchmark
     from pipeline.cli import main
-    from pipeline.launcher import LauncherResource
-    from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two ranks on two cores must not contend
     torch.set_num_threads(1)
@@ -98,12 +97,7 @@ def test_two_launched_processes_measure_exactly_what_one_process_measures(
     # The Dagster asset, launched by the local launcher: 2 gloo ranks under Dagster Pipes.
     params_file = write_params(params, tmp_path / "params.yaml")
     two = linked_layout(world, tmp_path / "two")
-    resources = {
-        "params": ParamsResource(path=str(params_file), preset="micro"),
-        "data": DataResource(root=str(two.root)),
-        "mlflow": MlflowResource(),
-        "launcher": LauncherResource(kind="local", num_processes=2),
-    }
+    resources = asset_resources(two.root, params_file=params_file, processes=2)
     result = dg.materialize([benchmark], resources=resources)
     assert result.success
     [event] = result.asset_materializations_for_node("benchmark")

@@ -116,24 +116,17 @@ def test_asset_through_the_local_launcher_shares_priors_across_two_ranks(
 
     import dagster as dg
     from bench_fixtures import write_params
+    from dagster_fixtures import asset_resources
     from safetensors.torch import load_file
 
     from assets.dreambooth import dreambooth
-    from pipeline.launcher import LauncherResource
-    from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     layout, _, params, single = dreambooth_run
     copy = DataLayout.from_env(tmp_path / "data")
     shutil.copytree(layout.root, copy.root, ignore=shutil.ignore_patterns("dreambooth"))
-    resources = {
-        "params": ParamsResource(
-            path=str(write_params(params, tmp_path / "p.yaml")), preset="micro"
-        ),
-        "data": DataResource(root=str(copy.root)),
-        "mlflow": MlflowResource(),
-        "launcher": LauncherResource(kind="local", num_processes=2),
-    }
+    params_file = write_params(params, tmp_path / "p.yaml")
+    resources = asset_resources(copy.root, params_file=params_file, processes=2)
     result = dg.materialize([dreambooth], resources=resources)
     assert result.success
     [event] = result.asset_materializations_for_node("dreambooth")

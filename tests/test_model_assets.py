@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import dagster as dg
+from dagster_fixtures import asset_resources
 from model_fixtures import TEST_OVERRIDES, copy_data, prepared_data
 
 from assets.latents import latents
 from assets.teacher import teacher
 from ops.layout import DataLayout
-from pipeline.launcher import LauncherResource
-from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
 
 def test_latents_and_teacher_assets_materialize_with_metadata(tmp_path_factory, tmp_path):
     layout = copy_data(prepared_data(tmp_path_factory), DataLayout(tmp_path / "data"))
-    resources = {
-        "params": ParamsResource(
-            preset="micro", overrides=[*TEST_OVERRIDES, "presets.micro.teacher.steps=2"]
-        ),
-        "data": DataResource(root=str(layout.root)),
-        "mlflow": MlflowResource(),
-        "launcher": LauncherResource(),  # in process
-    }
+    overrides = [*TEST_OVERRIDES, "presets.micro.teacher.steps=2"]
+    resources = asset_resources(layout.root, overrides=overrides)  # in process
     result = dg.materialize([latents, teacher], resources=resources)
     assert result.success
     by_key = {

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 from bench_fixtures import bench_params, bench_world, linked_layout, write_params
+from dagster_fixtures import asset_resources
 
 from ops.champion import COLUMNS, append_history, read_history, regressions
 
@@ -111,7 +112,6 @@ def test_champion_benchmark_from_the_registry(tmp_path, tmp_path_factory):
     from micro_sd import micro_registry
 
     from assets.champion import champion_benchmark, champion_fid_regression
-    from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -121,13 +121,11 @@ def test_champion_benchmark_from_the_registry(tmp_path, tmp_path_factory):
         params = bench_params()
         params["benchmark"]["champion_models"] = ["llcm", "not_registered"]
         layout = linked_layout(world, tmp_path / "linked")
-        resources = {
-            "params": ParamsResource(
-                path=str(write_params(params, tmp_path / "p.yaml")), preset="micro"
-            ),
-            "data": DataResource(root=str(layout.root)),
-            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{registry['layout'].mlflow_db}"),
-        }
+        resources = asset_resources(
+            layout.root,
+            params_file=write_params(params, tmp_path / "p.yaml"),
+            tracking_uri=f"sqlite:///{registry['layout'].mlflow_db}",
+        )
         for _ in range(2):
             result = dg.materialize(
                 [champion_benchmark, champion_fid_regression], resources=resources

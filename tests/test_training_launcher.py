@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
+from dagster_fixtures import asset_resources
 from model_fixtures import TEST_OVERRIDES, copy_data, prepared_data
 
 from assets.teacher import teacher
 from ops.layout import DataLayout
-from pipeline.launcher import LauncherResource
-from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
 
 @pytest.fixture
@@ -20,14 +19,8 @@ def data(tmp_path_factory, tmp_path) -> DataLayout:
 
 def test_teacher_asset_runs_in_two_launched_processes(data, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two ranks on two cores must not contend
-    resources = {
-        "params": ParamsResource(
-            preset="micro", overrides=[*TEST_OVERRIDES, "presets.micro.teacher.steps=4"]
-        ),
-        "data": DataResource(root=str(data.root)),
-        "mlflow": MlflowResource(),
-        "launcher": LauncherResource(kind="local", num_processes=2),
-    }
+    overrides = [*TEST_OVERRIDES, "presets.micro.teacher.steps=4"]
+    resources = asset_resources(data.root, overrides=overrides, processes=2)
     result = dg.materialize([teacher], resources=resources)
     assert result.success
     [event] = result.asset_materializations_for_node("teacher")
