@@ -301,21 +301,12 @@ def k_ablation(params: dict[str, Any], layout: DataLayout) -> Path | None:
     return k_ablation_grid(rows, layout.reports / ABLATION_FILE, title=f"skip k: {class_name}")
 
 
-def _flat(prefix: str, value: Any) -> dict[str, str]:
-    if isinstance(value, dict):
-        out: dict[str, str] = {}
-        for key, item in value.items():
-            out.update(_flat(f"{prefix}.{key}" if prefix else str(key), item))
-        return out
-    return {prefix: str(value)[:500]}
-
-
 def log_to_mlflow(params: dict[str, Any], layout: DataLayout, summary: dict[str, Any]) -> str:
     """One MLflow run ``benchmark``: config, pooled metrics per model with step = inference
     steps (so MLflow draws FID vs steps), the pooled table and every report file."""
     import mlflow
 
-    from ops.tracking import setup_mlflow
+    from ops.tracking import flatten, setup_mlflow
 
     experiment = setup_mlflow(layout, params)
     df = pd.read_parquet(summary["files"]["parquet"])
@@ -324,7 +315,8 @@ def log_to_mlflow(params: dict[str, Any], layout: DataLayout, summary: dict[str,
     with mlflow.start_run(experiment_id=experiment, run_name="benchmark") as run:
         mlflow.set_tag("stage", "benchmark")
         mlflow.log_params(
-            _flat("benchmark", benchmark_config(params)) | {"preset": params["preset"]}
+            {k: str(v)[:500] for k, v in flatten(benchmark_config(params), "benchmark.").items()}
+            | {"preset": params["preset"]}
         )
         for row in pooled.itertuples(index=False):
             for column in ("fid", "kid", "class_fidelity", "seconds_per_image"):

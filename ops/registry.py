@@ -35,7 +35,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from ops.layout import DataLayout
-from ops.tracking import setup_mlflow
+from ops.tracking import flatten, setup_mlflow
 
 DEFAULTS = {"steps": 4, "guidance": 4.0, "seed": 0, "num_images": 1}
 PIP_REQUIREMENTS = [
@@ -132,15 +132,6 @@ def _png(image) -> bytes:
     return buffer.getvalue()
 
 
-def _flatten(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(f"{prefix}.{key}" if prefix else str(key), item))
-        return out
-    return {prefix: value}
-
-
 def _client(layout: DataLayout | None, params: Mapping[str, Any] | None):
     if layout is not None:
         setup_mlflow(layout, dict(params or {}))
@@ -179,8 +170,8 @@ def register_model(
     meta_file = model_dir / "llcm.json"
     metadata = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
     logged = {
-        **_flatten("", {k: params.get(k) for k in ("distill", "sampling") if k in params}),
-        **_flatten("model", metadata),
+        **flatten({k: params.get(k) for k in ("distill", "sampling") if k in params}),
+        **flatten(metadata, "model."),
         "preset": params.get("preset"),
     }
     code = layout.tmp / "mlflow_model_code" / "llcm_pyfunc.py"

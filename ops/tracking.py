@@ -8,6 +8,7 @@ points at a server instead.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from ops.layout import DataLayout
@@ -48,3 +49,15 @@ def setup_mlflow(layout: DataLayout, params: dict[str, Any]) -> str:
         layout.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
         location = layout.mlflow_artifacts.as_uri()
     return mlflow.create_experiment(name, artifact_location=location)
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: nested config as MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -14,21 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ops.layout import DataLayout
-from ops.tracking import setup_mlflow
+from ops.tracking import flatten, setup_mlflow
 
 MAX_PARAM_LENGTH = 6000
-
-
-def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
 
 
 class MlflowRun:
