@@ -27,8 +27,8 @@ import dagster as dg
 
 from assets._tracking import run_training
 from ops.ablation import ablation_models
-from ops.benchmark_models import grid_cells, grid_models
-from ops.config import load_params, stage_config
+from ops.benchmark_models import grid_cells, plan
+from ops.config import load_params
 from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
@@ -49,9 +49,7 @@ UPSTREAM = [
 
 def grid_partitions(params: dict[str, Any] | None = None) -> dg.MultiPartitionsDefinition:
     """model x steps partitions of the configured grid."""
-    params = params or load_params()
-    steps = [int(s) for s in stage_config(params, "benchmark")["steps"]]
-    cells = grid_cells(grid_models(params), steps)
+    cells = plan(params or load_params())
     return dg.MultiPartitionsDefinition(
         {
             "model": dg.StaticPartitionsDefinition(list(dict.fromkeys(m for m, _ in cells))),

@@ -51,10 +51,9 @@ from ops.benchmark_models import (
     ModelSpec,
     Sampler,
     SkipCell,
-    grid_cells,
-    grid_models,
     model_spec,
     open_sampler,
+    plan,
     unavailable_reason,
 )
 from ops.benchmark_shards import (
@@ -108,16 +107,6 @@ def benchmark_config(params: dict[str, Any]) -> dict[str, Any]:
     cfg.setdefault("grid_samples", 4)
     cfg.setdefault("teacher_timestep_spacing", "trailing")
     return cfg
-
-
-def plan(
-    params: dict[str, Any], models: Sequence[str] | None = None, steps: Sequence[int] | None = None
-) -> list[tuple[str, int]]:
-    """The (model, steps) cells to run: :func:`grid_models` x ``benchmark.steps`` by default."""
-    cfg = benchmark_config(params)
-    return grid_cells(
-        list(models or grid_models(params)), [int(s) for s in (steps or cfg["steps"])]
-    )
 
 
 def evaluated_classes(params: dict[str, Any], manifest: pd.DataFrame) -> dict[str, str]:

@@ -28,6 +28,7 @@ step-comparison grids compare like with like.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -90,6 +91,17 @@ def grid_cells(models: list[str], steps: list[int]) -> list[tuple[str, int]]:
         counts = [spec.fixed_steps] if spec.fixed_steps else sorted({int(s) for s in steps})
         cells += [(name, int(s)) for s in counts]
     return cells
+
+
+def plan(
+    params: dict[str, Any], models: Sequence[str] | None = None, steps: Sequence[int] | None = None
+) -> list[tuple[str, int]]:
+    """The (model, steps) cells to run: :func:`grid_models` x ``benchmark.steps`` by default
+    (also the Dagster partitions of ``benchmark_cells``)."""
+    default_steps = stage_config(params, "benchmark")["steps"]
+    return grid_cells(
+        list(models or grid_models(params)), [int(s) for s in (steps or default_steps)]
+    )
 
 
 def unavailable_reason(spec: ModelSpec, layout: DataLayout, steps: int) -> str | None:
