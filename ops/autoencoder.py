@@ -45,7 +45,7 @@ from ops.training.image_data import (
     to_model_range,
 )
 from ops.training.launch import run_trainer
-from ops.training.loop import LoopSettings, train_loop
+from ops.training.loop import LoopSettings, publish_and_clear, train_loop
 from ops.training.mlflow_run import MlflowRun, resume_and_start_run
 from ops.training.runtime import (
     create_accelerator,
@@ -186,13 +186,12 @@ def _train_autoencoder(cfg: dict[str, Any], params: dict[str, Any], layout: Data
         "train_images": len(rows),
         **result.as_dict(),
     }
-    if accelerator.is_main_process:
+
+    def publish() -> dict[str, Any]:
         trained = accelerator.unwrap_model(objective).vae
-        summary.update(finish_vae(trained, cfg, layout, manifest, run, fit_scale=True))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        store.clear()
-    return summary
+        return finish_vae(trained, cfg, layout, manifest, run, fit_scale=True)
+
+    return {**summary, **publish_and_clear(accelerator, store, publish)}
 
 
 def install_pretrained_vae(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:

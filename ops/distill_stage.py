@@ -32,7 +32,7 @@ from ops.training.fingerprint import config_fingerprint, directory_hash
 from ops.training.grids import save_grid
 from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
 from ops.training.launch import run_trainer
-from ops.training.loop import LoopSettings, train_loop
+from ops.training.loop import LoopSettings, publish_and_clear, train_loop
 from ops.training.mlflow_run import MlflowRun, resume_and_start_run
 from ops.training.runtime import create_accelerator, seed_everything, torch_threads
 
@@ -187,15 +187,14 @@ def _distill(
         "unet_parameters": count_parameters(student),
         **result.as_dict(),
     }
-    if accelerator.is_main_process:
+
+    def export() -> dict[str, Any]:
         # The exported model is the EMA target, as in LCM's reference training.
         exported = accelerator.unwrap_model(online)
         ema.copy_to(exported)
-        summary.update(publish(model, exported.eval(), cfg, params, layout, data, run, result))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        store.clear()
-    return summary
+        return publish(model, exported.eval(), cfg, params, layout, data, run, result)
+
+    return {**summary, **publish_and_clear(accelerator, store, export)}
 
 
 def publish(

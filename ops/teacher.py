@@ -32,7 +32,7 @@ from ops.training.ema import EMA
 from ops.training.fingerprint import config_fingerprint
 from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
 from ops.training.launch import run_trainer
-from ops.training.loop import LoopSettings, train_loop
+from ops.training.loop import LoopSettings, publish_and_clear, train_loop
 from ops.training.mlflow_run import MlflowRun, resume_and_start_run
 from ops.training.runtime import create_accelerator, seed_everything, torch_threads
 from ops.training.samples import sample_class_grid
@@ -123,14 +123,13 @@ def _train_teacher(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayo
         "classes": len(data.class_prompts()),
         **result.as_dict(),
     }
-    if accelerator.is_main_process:
+
+    def publish() -> dict[str, Any]:
         trained = accelerator.unwrap_model(model)
         ema.copy_to(trained)
-        summary.update(publish_teacher(trained, cfg, layout, data, run))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        store.clear()
-    return summary
+        return publish_teacher(trained, cfg, layout, data, run)
+
+    return {**summary, **publish_and_clear(accelerator, store, publish)}
 
 
 def save_teacher_pipeline(unet, base: Path, out: Path) -> Path:

@@ -169,3 +169,16 @@ def train_loop(
         local_batch_size=plan.local_batch_size,
         samples_per_rank=samples_per_rank,
     )
+
+
+def publish_and_clear(
+    accelerator: Any, store: CheckpointStore, publish: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """After training: the main process exports the model (``publish``, its summary returned;
+    ``{}`` elsewhere), then, once every process is past that point, the checkpoints are
+    removed. The order matters: a failure while exporting leaves them for the next resume."""
+    published = publish() if accelerator.is_main_process else {}
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        store.clear()
+    return published
