@@ -17,7 +17,6 @@ training entrypoint or a test probe runs through the same door as the registered
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
@@ -27,8 +26,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ops.imports import import_callable
 from pipeline.commands.common import add_config_args, config_from_args
-from pipeline.stages import STAGES, StageFn, resolve
+from pipeline.stages import StageFn, resolve
 
 #: Loggers whose records rank 0 forwards to the Dagster event log.
 FORWARDED_LOGGERS = ("ops", "pipeline")
@@ -40,15 +40,7 @@ def resolve_stage(stage: str) -> StageFn:
     """A registered stage name (``pipeline.stages.resolve``), or a ``module:function``."""
     if ":" not in stage:
         return resolve(stage)
-    module, sep, attr = stage.partition(":")
-    if not sep or not module or not attr:
-        raise KeyError(
-            f"unknown stage {stage!r}: not one of {', '.join(STAGES)} nor a 'module:function'"
-        )
-    fn = getattr(importlib.import_module(module), attr)
-    if not callable(fn):
-        raise TypeError(f"{stage!r} is not callable")
-    return fn
+    return import_callable(stage)
 
 
 def global_rank() -> int:

@@ -8,11 +8,11 @@ use, so that listing stages imports no torch.
 from __future__ import annotations
 
 import functools
-import importlib
 from collections.abc import Callable
 from typing import Any
 
 from ops.ablation import ablation_k
+from ops.imports import import_callable
 from ops.layout import DataLayout
 
 StageFn = Callable[[dict[str, Any], DataLayout], dict[str, Any]]
@@ -40,5 +40,4 @@ def resolve(name: str) -> StageFn:
         return functools.partial(build_ablation_student, name)
     if name not in STAGES:
         raise KeyError(f"unknown stage {name!r}; known stages: {', '.join(STAGES)}, llcm_k<k>")
-    module, _, attr = STAGES[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return import_callable(STAGES[name])

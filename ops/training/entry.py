@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ops.config import load_params
+from ops.imports import import_callable
 from ops.layout import DataLayout
 
 Trainer = Callable[[dict[str, Any], DataLayout], dict[str, Any]]
@@ -42,13 +42,11 @@ def resolve_trainer(stage: str) -> Trainer:
         from ops.distill_stage import train_distilled
 
         return functools.partial(train_distilled, stage)
-    target = TRAINERS.get(stage, stage)
-    module, sep, attr = target.partition(":")
-    if not sep:
+    if stage not in TRAINERS and ":" not in stage:
         raise KeyError(
             f"unknown trainer {stage!r}; known: {', '.join(TRAINERS)} or module:function"
         )
-    return getattr(importlib.import_module(module), attr)
+    return import_callable(TRAINERS.get(stage, stage))
 
 
 def build_parser() -> argparse.ArgumentParser:
