@@ -8,6 +8,7 @@ the params, or the stage would fall back to the default store.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -49,3 +50,32 @@ def run_training(
         layout = data.layout
         return resolve(stage)(tracked_params(params.load(), mlflow, layout), layout)
     return launcher.run_stage(context, stage, params=params, data=data).summary
+
+
+def training_asset(
+    name: str,
+    *,
+    deps: list[str],
+    group_name: str,
+    description: str,
+    metadata: Callable[[dict[str, Any], DataLayout], dict[str, Any]],
+    kinds: frozenset[str] = frozenset({"pytorch", "mlflow"}),
+) -> dg.AssetsDefinition:
+    """The asset of training stage ``name``: runs it where the ``launcher`` resource says
+    (:func:`run_training`) and attaches ``metadata(summary, layout)``. The training assets
+    differ only in these arguments, so each module holds just its metadata."""
+
+    @dg.asset(
+        name=name, deps=deps, group_name=group_name, kinds=set(kinds), description=description
+    )
+    def _asset(
+        context,
+        params: ParamsResource,
+        data: DataResource,
+        mlflow: MlflowResource,
+        launcher: LauncherResource,
+    ) -> dg.MaterializeResult:
+        summary = run_training(context, launcher, name, params, data, mlflow)
+        return dg.MaterializeResult(metadata=metadata(summary, data.layout))
+
+    return _asset

@@ -3,28 +3,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
-from assets._tracking import run_training
+from assets._tracking import training_asset
 from assets.metadata import picture
-from pipeline.launcher import LauncherResource
-from pipeline.resources import DataResource, MlflowResource, ParamsResource
+from ops.layout import DataLayout
 
 
-@dg.asset(
-    deps=["medimgs_manifest"],
-    group_name="models",
-    kinds={"pytorch", "mlflow"},
-    description="VAE (trained for tiny, SD's for sd15), CLIP tokenizer and frozen text encoder.",
-)
-def autoencoder(
-    context,
-    params: ParamsResource,
-    data: DataResource,
-    mlflow: MlflowResource,
-    launcher: LauncherResource,
-) -> dg.MaterializeResult:
-    summary = run_training(context, launcher, "autoencoder", params, data, mlflow)
+def autoencoder_metadata(summary: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
     metadata: dict = {
         "source": summary["source"],
         "vae_parameters": summary["vae_parameters"],
@@ -40,4 +28,13 @@ def autoencoder(
     }
     if summary.get("grid"):
         metadata["reconstructions"] = picture(summary["grid"], "test images over reconstructions")
-    return dg.MaterializeResult(metadata={k: v for k, v in metadata.items() if v is not None})
+    return {k: v for k, v in metadata.items() if v is not None}
+
+
+autoencoder = training_asset(
+    "autoencoder",
+    deps=["medimgs_manifest"],
+    group_name="models",
+    description="VAE (trained for tiny, SD's for sd15), CLIP tokenizer and frozen text encoder.",
+    metadata=autoencoder_metadata,
+)

@@ -19,21 +19,18 @@ as ``teacher_ddim50``). Combinations outside the grid (``teacher_ddim50|4``, ``l
 materialise as a no-op that says so.
 """
 
-import base64
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from assets._tracking import run_training
+from assets.metadata import picture
 from ops.ablation import ablation_models
 from ops.benchmark_models import grid_cells, plan
 from ops.config import load_params
 from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
-# Pictures larger than this are linked by path only: Dagster keeps metadata in its database.
-MAX_EMBEDDED_BYTES = 1_000_000
 # Step-comparison grids (Fig. 1) shown inline: the first few classes; all are listed by path.
 EMBEDDED_STEP_GRIDS = 4
 UPSTREAM = [
@@ -67,17 +64,6 @@ def with_tracking(params: dict[str, Any], mlflow: MlflowResource) -> dict[str, A
     if not mlflow.tracking_uri:
         return params
     return {**params, "mlflow": {**params.get("mlflow", {}), "tracking_uri": mlflow.tracking_uri}}
-
-
-def image_markdown(path: str | Path, alt: str) -> dg.MetadataValue:
-    """A PNG as inline markdown (small ones) so the Dagster UI shows it; else its path."""
-    path = Path(path)
-    if not path.is_file():
-        return dg.MetadataValue.text(f"missing: {path}")
-    data = path.read_bytes()
-    if len(data) > MAX_EMBEDDED_BYTES:
-        return dg.MetadataValue.path(str(path))
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})")
 
 
 def cell_markdown(rows: list[dict[str, Any]]) -> str:
@@ -132,7 +118,7 @@ def benchmark_cells(
             "class_fidelity": float(pooled["class_fidelity"]),
             "seconds_per_image": float(pooled["seconds_per_image"]),
             "per_class": dg.MetadataValue.md(cell_markdown(rows)),
-            "samples": image_markdown(data.layout.root / rows[0]["sample_grid"], "samples"),
+            "samples": picture(data.layout.root / rows[0]["sample_grid"], "samples"),
         }
     )
     return dg.MaterializeResult(metadata=metadata)
@@ -168,7 +154,7 @@ def benchmark(
         "table": dg.MetadataValue.md(
             table.read_text() if table.is_file() else f"not readable here: {table}"
         ),
-        "fid_vs_steps": image_markdown(plot, "FID vs steps"),
+        "fid_vs_steps": picture(plot, "FID vs steps"),
         "plot": dg.MetadataValue.path(str(plot)),
         "report": dg.MetadataValue.path(str(table)),
         "measured_cells": summary["measured_cells"],
@@ -180,11 +166,11 @@ def benchmark(
         "mlflow_run_id": str(summary.get("mlflow_run_id", "")),
     }
     if summary["files"].get("k_ablation"):
-        metadata["k_ablation"] = image_markdown(summary["files"]["k_ablation"], "k ablation")
+        metadata["k_ablation"] = picture(summary["files"]["k_ablation"], "k ablation")
     grids = summary.get("step_grids") or {}
     metadata["step_grids"] = dg.MetadataValue.json(grids)
     for class_name, path in list(grids.items())[:EMBEDDED_STEP_GRIDS]:
-        metadata[f"steps_{class_name}"] = image_markdown(path, f"{class_name}: models x steps")
+        metadata[f"steps_{class_name}"] = picture(path, f"{class_name}: models x steps")
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -10,14 +10,15 @@ ablation students) and a sample grid (classes x 1, 2, 4, 8 steps).
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
-from assets._tracking import run_training
+from assets._tracking import training_asset
 from assets.metadata import picture
 from ops.ablation import ablation_k, ablation_models
 from ops.config import load_params
-from pipeline.launcher import LauncherResource
-from pipeline.resources import DataResource, MlflowResource, ParamsResource
+from ops.layout import DataLayout
 
 DESCRIPTIONS = {
     "llcm": "LLCM: consistency distillation with the paper's leapfrog step (eq. 15-16).",
@@ -26,47 +27,40 @@ DESCRIPTIONS = {
 }
 
 
-def distilled_asset(name: str, group: str = "distill") -> dg.AssetsDefinition:
-    k = ablation_k(name)
-    description = DESCRIPTIONS.get(name) or (
-        f"Skip-k ablation (Fig. 3): llcm distilled with k = {k} instead of distill.k."
-    )
+def distilled_metadata(summary: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
+    metadata: dict = {
+        "solver": summary["solver"],
+        "k": summary["k"],
+        "steps": summary["final_step"],
+        "resumed_from": summary["resumed_from"],
+        "final_loss": summary["final_loss"],
+        "samples_per_second": summary["samples_per_second"],
+        "world_size": summary["world_size"],
+        "unet_parameters": summary["unet_parameters"],
+        "model_dir": dg.MetadataValue.path(summary["model_dir"]),
+        "mlflow_run_id": summary.get("mlflow_run_id") or "",
+        "loss_curve": dg.MetadataValue.json(summary["loss_curve"]),
+    }
+    if "registered_version" in summary:
+        metadata["registered_version"] = summary["registered_version"]
+    if summary.get("grid"):
+        title = f"{summary['model']} samples at 1, 2, 4, 8 steps"
+        metadata["samples"] = picture(summary["grid"], title)
+    return metadata
 
-    @dg.asset(
-        name=name,
+
+def distilled_asset(name: str, group: str = "distill") -> dg.AssetsDefinition:
+    description = DESCRIPTIONS.get(name) or (
+        f"Skip-k ablation (Fig. 3): llcm distilled with k = {ablation_k(name)} instead of "
+        "distill.k."
+    )
+    return training_asset(
+        name,
         deps=["teacher", "latents"],
         group_name=group,
-        kinds={"pytorch", "mlflow"},
         description=description,
+        metadata=distilled_metadata,
     )
-    def _asset(
-        context,
-        params: ParamsResource,
-        data: DataResource,
-        mlflow: MlflowResource,
-        launcher: LauncherResource,
-    ) -> dg.MaterializeResult:
-        summary = run_training(context, launcher, name, params, data, mlflow)
-        metadata: dict = {
-            "solver": summary["solver"],
-            "k": summary["k"],
-            "steps": summary["final_step"],
-            "resumed_from": summary["resumed_from"],
-            "final_loss": summary["final_loss"],
-            "samples_per_second": summary["samples_per_second"],
-            "world_size": summary["world_size"],
-            "unet_parameters": summary["unet_parameters"],
-            "model_dir": dg.MetadataValue.path(summary["model_dir"]),
-            "mlflow_run_id": summary.get("mlflow_run_id") or "",
-            "loss_curve": dg.MetadataValue.json(summary["loss_curve"]),
-        }
-        if "registered_version" in summary:
-            metadata["registered_version"] = summary["registered_version"]
-        if summary.get("grid"):
-            metadata["samples"] = picture(summary["grid"], f"{name} samples at 1, 2, 4, 8 steps")
-        return dg.MaterializeResult(metadata=metadata)
-
-    return _asset
 
 
 llcm = distilled_asset("llcm")

@@ -3,29 +3,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dagster as dg
 
-from assets._tracking import run_training
+from assets._tracking import training_asset
 from assets.metadata import picture
-from pipeline.launcher import LauncherResource
-from pipeline.resources import DataResource, MlflowResource, ParamsResource
+from ops.layout import DataLayout
 
 
-@dg.asset(
-    deps=["latents", "autoencoder"],
-    group_name="models",
-    kinds={"pytorch", "mlflow"},
-    description="The teacher: SD UNet (epsilon objective, prompt dropout, EMA) + base components.",
-)
-def teacher(
-    context,
-    params: ParamsResource,
-    data: DataResource,
-    mlflow: MlflowResource,
-    launcher: LauncherResource,
-) -> dg.MaterializeResult:
-    summary = run_training(context, launcher, "teacher", params, data, mlflow)
-    metadata: dict = {
+def teacher_metadata(summary: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
+    return {
         "unet_parameters": summary["unet_parameters"],
         "train_latents": summary["train_latents"],
         "classes": summary["classes"],
@@ -41,4 +29,12 @@ def teacher(
         "loss_curve": dg.MetadataValue.json(summary["loss_curve"]),
         "samples": picture(summary["grid"], "teacher samples, one row per class (DDIM, CFG)"),
     }
-    return dg.MaterializeResult(metadata=metadata)
+
+
+teacher = training_asset(
+    "teacher",
+    deps=["latents", "autoencoder"],
+    group_name="models",
+    description="The teacher: SD UNet (epsilon objective, prompt dropout, EMA) + base components.",
+    metadata=teacher_metadata,
+)
