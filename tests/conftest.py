@@ -24,6 +24,24 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LLCM_PARAMS", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The whole module on one torch thread: micro models gain nothing from a second one, and
+    on a shared 2-core machine OpenMP workers only spin (``ops.training.runtime.torch_threads``).
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    from ops.training.runtime import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def omp_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Launched processes on one OpenMP thread each: two ranks on two shared cores must not
+    contend."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture
 def layout(tmp_path: Path) -> DataLayout:
     return DataLayout.from_env(tmp_path / "data")

@@ -27,12 +27,7 @@ from ops.benchmark_models import grid_cells, model_spec, unavailable_reason
 METRIC_COLUMNS = ["fid", "kid", "n", "class_fidelity", "seconds_per_image"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # micro models: more threads only spin on 2 shared cores
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -79,12 +79,11 @@ def _assert_same_cells(one, two, cells, processes):
 
 
 def test_two_launched_processes_measure_exactly_what_one_process_measures(
-    world, tmp_path, monkeypatch
+    world, tmp_path, omp_one_thread
 ):
     from assets.benchmark import benchmark
     from pipeline.cli import main
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two ranks on two cores must not contend
     torch.set_num_threads(1)
     params = _params()
     cells = plan(params)

@@ -29,11 +29,6 @@ def data(teacher_data, tmp_path) -> DataLayout:
     return copy_data(teacher_data, DataLayout(tmp_path / "data"))
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
 def unet_weights(layout: DataLayout, model: str) -> dict[str, torch.Tensor]:
     return load_file(str(layout.model(model) / "unet" / "diffusion_pytorch_model.safetensors"))
 
@@ -73,7 +68,7 @@ def test_three_models_train_save_load_in_stock_diffusers_and_register(data):
         assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1
 
 
-def test_two_processes_distill_on_halves_of_the_global_batch(data, one_thread):
+def test_two_processes_distill_on_halves_of_the_global_batch(data, omp_one_thread):
     params = micro_test_params(*DISTILL, "distill.num_processes=2", "distill.register=false")
     summary = run_trainer("llcm", params, data, stage_config(params, "distill"))
     assert summary["world_size"] == 2
@@ -82,7 +77,7 @@ def test_two_processes_distill_on_halves_of_the_global_batch(data, one_thread):
     assert (data.model("llcm") / "model_index.json").is_file()
 
 
-def test_killed_distillation_resumes_from_its_last_checkpoint(data, tmp_path, one_thread):
+def test_killed_distillation_resumes_from_its_last_checkpoint(data, tmp_path, omp_one_thread):
     params = micro_test_params(*DISTILL, "presets.micro.distill.steps=100000",
                                "distill.register=false")  # fmt: skip
     killed_at = kill_after_first_checkpoint("lcm", params, data, tmp_path)["step"]

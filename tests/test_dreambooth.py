@@ -59,15 +59,7 @@ def _micro_unet() -> UNet2DConditionModel:
     )
 
 
-@pytest.fixture
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convs: more threads only spin on shared cores
-    yield
-    torch.set_num_threads(previous)
-
-
-def test_a_few_steps_reduce_the_loss(one_thread):
+def test_a_few_steps_reduce_the_loss(one_torch_thread):
     unet, scheduler = _micro_unet(), DDPMScheduler(num_train_timesteps=1000)
     g = torch.Generator().manual_seed(1)
     instance = torch.randn(3, 4, 8, 8, generator=g)

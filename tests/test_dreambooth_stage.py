@@ -108,7 +108,7 @@ def test_saved_directory_loads_and_samples_in_stock_diffusers(dreambooth_run):
 
 
 def test_asset_through_the_local_launcher_shares_priors_across_two_ranks(
-    dreambooth_run, tmp_path, monkeypatch
+    dreambooth_run, tmp_path, omp_one_thread
 ):
     """The ``dreambooth`` asset with 2 launched processes: the ranks split the prior classes,
     rank 0 fine-tunes, and the result is the single-process model bit for bit."""
@@ -121,7 +121,6 @@ def test_asset_through_the_local_launcher_shares_priors_across_two_ranks(
 
     from assets.dreambooth import dreambooth
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     layout, _, params, single = dreambooth_run
     copy = DataLayout.from_env(tmp_path / "data")
     shutil.copytree(layout.root, copy.root, ignore=shutil.ignore_patterns("dreambooth"))

@@ -23,13 +23,8 @@ from ops.metrics import (
     reference_path,
     reference_stats,
 )
-from ops.training.runtime import torch_threads
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

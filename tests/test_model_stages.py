@@ -19,13 +19,7 @@ from ops.training.latent_data import LatentDataset, PromptEmbeddings
 BASE_TRAIN_IMAGES = 4 * 6  # 4 base classes x 6 train images; the held-out class is skipped
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Micro models gain nothing from threads; on a shared 2-core machine they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import io
 import mlflow
 import pandas as pd
 import pytest
-import torch
 from micro_sd import IMAGE_SIZE, micro_registry
 from PIL import Image
 
@@ -18,13 +17,7 @@ from ops.registry import (
     set_champion,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ def data(prepared, tmp_path) -> DataLayout:
     return copy_data(prepared, DataLayout(tmp_path / "data"))
 
 
-@pytest.fixture
-def one_thread(monkeypatch):
-    """Child processes use one thread each: two ranks on two shared cores must not contend."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-
-
-def test_two_processes_train_on_halves_of_the_same_global_batch(data, tmp_path, one_thread):
+def test_two_processes_train_on_halves_of_the_same_global_batch(data, tmp_path, omp_one_thread):
     params = micro_test_params(
         f"presets.micro.teacher.steps={STEPS}",
         "teacher.num_processes=2",
@@ -59,7 +53,7 @@ def test_two_processes_train_on_halves_of_the_same_global_batch(data, tmp_path, 
         assert s2 == s1 and l2 == pytest.approx(l1, rel=1e-2)
 
 
-def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path, one_thread):
+def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path, omp_one_thread):
     params = micro_test_params("presets.micro.teacher.steps=100000", "teacher.checkpoint_every=2")
     state = kill_after_first_checkpoint("teacher", params, data, tmp_path)
     killed_at = state["step"]

@@ -17,8 +17,7 @@ def data(tmp_path_factory, tmp_path) -> DataLayout:
     return copy_data(prepared_data(tmp_path_factory), DataLayout(tmp_path / "data"))
 
 
-def test_teacher_asset_runs_in_two_launched_processes(data, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two ranks on two cores must not contend
+def test_teacher_asset_runs_in_two_launched_processes(data, omp_one_thread):
     overrides = [*TEST_OVERRIDES, "presets.micro.teacher.steps=4"]
     resources = asset_resources(data.root, overrides=overrides, processes=2)
     result = dg.materialize([teacher], resources=resources)
