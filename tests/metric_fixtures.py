@@ -14,9 +14,30 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ops.cleaning.tables import image_path
 from ops.layout import DataLayout
 
 SHAPES = ("disc", "square", "cross")
+
+
+def save_image(
+    layout: DataLayout, split: str, class_name: str, img: Image.Image
+) -> tuple[str, str]:
+    """Store ``img`` where ingestion would (``ops.cleaning.tables.image_path``, id = content
+    hash); returns (image_id, path relative to the data directory)."""
+    image_id = hashlib.sha256(img.tobytes()).hexdigest()[:16]
+    rel = image_path(split, class_name, image_id)
+    (layout.root / rel).parent.mkdir(parents=True, exist_ok=True)
+    img.save(layout.root / rel, quality=95)
+    return image_id, rel
+
+
+def write_manifest(layout: DataLayout, rows: list[dict]) -> pd.DataFrame:
+    """``medimgs/manifest.parquet`` from fixture rows; returns it."""
+    manifest = pd.DataFrame(rows)
+    layout.manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.to_parquet(layout.manifest, index=False)
+    return manifest
 
 
 def draw_shape(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,12 +82,8 @@ def make_shape_dataset(
         plan = [("train", False)] * n_train + [("test", False)] * n_test
         plan += [("train", True)] * n_holdout
         for split, holdout in plan:
-            img = draw_shape(kind, size, rng)
-            image_id = hashlib.sha256(img.tobytes()).hexdigest()[:16]
-            rel = f"medimgs/images/{split}/{kind}/{image_id}.jpg"
-            path = layout.root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(path, quality=95)
+            img = Image.fromarray(draw_shape(kind, size, rng))
+            image_id, rel = save_image(layout, split, kind, img)
             rows.append(
                 {
                     "image_id": image_id,
@@ -86,7 +103,4 @@ def make_shape_dataset(
                     "holdout": holdout,
                 }
             )
-    manifest = pd.DataFrame(rows)
-    layout.manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.to_parquet(layout.manifest, index=False)
-    return manifest
+    return write_manifest(layout, rows)

@@ -8,13 +8,13 @@ The manifest follows the ingestion contract column for column.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from metric_fixtures import save_image, write_manifest
 from PIL import Image, ImageDraw
 
 from ops.config import stage_config
@@ -96,14 +96,11 @@ def write_fixture_manifest(
         for i in range(train_per_class + test_per_class):
             split = "train" if i < train_per_class else "test"
             img = draw_shape(shape, resolution, rng)
-            image_id = hashlib.sha256(img.tobytes()).hexdigest()[:16]
-            rel = Path("medimgs/images") / split / class_name / f"{image_id}.jpg"
-            (layout.root / rel).parent.mkdir(parents=True, exist_ok=True)
-            img.save(layout.root / rel, quality=95)
+            image_id, rel = save_image(layout, split, class_name, img)
             rows.append(
                 {
                     "image_id": image_id,
-                    "path": rel.as_posix(),
+                    "path": rel,
                     "split": split,
                     **labels,
                     "class_name": class_name,
@@ -116,10 +113,7 @@ def write_fixture_manifest(
                     "holdout": holdout,
                 }
             )
-    manifest = pd.DataFrame(rows)
-    layout.manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.to_parquet(layout.manifest, index=False)
-    return manifest
+    return write_manifest(layout, rows)
 
 
 def fixture_for_params(layout: DataLayout, params: dict, **kwargs) -> pd.DataFrame:
