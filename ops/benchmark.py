@@ -591,15 +591,18 @@ def run_cells(
     context: BenchContext | None = None
     outcome: dict[str, list[str]] = {"measured": [], "reused": [], "skipped": []}
     todo: list[tuple[str, int]] = []
+
+    def record(name: str, rows: list[dict[str, Any]]) -> None:
+        outcome["skipped" if rows[0]["status"] == "skipped" else "measured"].append(name)
+        if progress is not None:
+            progress(name, rows)
+
     if group.is_main:
         for model, steps in cells:
             name, spec = f"{model}__{steps}", model_spec(model)
             reason = unavailable_reason(spec, layout, steps)
             if reason is not None:
-                outcome["skipped"].append(name)
-                rows = _write_skipped(layout, model, steps, reason, group)
-                if progress is not None:
-                    progress(name, rows)
+                record(name, _write_skipped(layout, model, steps, reason, group))
                 continue
             context = context or load_context(params, layout, group)
             if not force and cell_is_fresh(context, layout, model, steps):
@@ -614,13 +617,8 @@ def run_cells(
             rows = run_cell(
                 model, steps, params, layout, context=context, sampler=sampler, group=group
             )
-            if rows is None:
-                continue
-            outcome["skipped" if rows[0]["status"] == "skipped" else "measured"].append(
-                f"{model}__{steps}"
-            )
-            if progress is not None:
-                progress(f"{model}__{steps}", rows)
+            if rows is not None:
+                record(f"{model}__{steps}", rows)
         del sampler
     return outcome
 
@@ -642,25 +640,30 @@ def run_benchmark(
     Launched in several processes (``benchmark.num_processes``, or a launcher), every rank
     runs this; generation is sharded and rank 0 alone writes. The other ranks return a
     summary of what they did."""
-    from ops.benchmark_report import ABLATION_FILE, k_ablation, log_to_mlflow, placeholder_picture
-
     group = ProcessGroup.current()
     t0 = time.perf_counter()
     outcome = run_cells(params, layout, plan(params, models, steps), force, progress, group)
-    if not group.is_main:
-        group.barrier()
-        return {"rank": group.rank, "world_size": group.world_size}
+    summary: dict[str, Any] = {"rank": group.rank, "world_size": group.world_size}
+    if group.is_main:
+        from ops.benchmark_report import log_to_mlflow
+
+        summary = {**_report(params, layout), **outcome, "world_size": group.world_size}
+        summary["seconds"] = round(time.perf_counter() - t0, 3)
+        if log_mlflow:
+            summary["mlflow_run_id"] = log_to_mlflow(params, layout, summary)
+    group.barrier()
+    return summary
+
+
+def _report(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
+    """Rank 0's part after the cells: the reports and the Fig. 3 picture."""
+    from ops.benchmark_report import ABLATION_FILE, k_ablation, placeholder_picture
+
     summary = summarize(layout, params)
     ablation = k_ablation(params, layout) or placeholder_picture(
         layout.reports / ABLATION_FILE, "no skip-k ablation student (distill.k_ablation) yet"
     )
     summary["files"]["k_ablation"] = str(ablation)
-    summary.update({k: v for k, v in outcome.items()})
-    summary["world_size"] = group.world_size
-    summary["seconds"] = round(time.perf_counter() - t0, 3)
-    if log_mlflow:
-        summary["mlflow_run_id"] = log_to_mlflow(params, layout, summary)
-    group.barrier()
     return summary
 
 
