@@ -199,28 +199,24 @@ def write_reports(
     """Write every report file from the cell rows; returns a summary (paths, counts, table).
 
     ``ablation`` (k -> model, ``ops.ablation.ablation_rows``) gets its own table; the models
-    that are only in the ablation stay out of Table 3, the plot and the step grids (they are
-    in the parquet and the DVC metrics). ``table3_models`` (``benchmark.models``) orders
-    Table 3."""
+    that are only in the ablation (not in ``table3_models``, i.e. ``benchmark.models``) stay out
+    of Table 3, the plot and the step grids (they are in the parquet and the DVC metrics)."""
     reports = layout.reports
     reports.mkdir(parents=True, exist_ok=True)
-    everything = df
     ablation = ablation or {}
     ablation_only = set(ablation.values()) - set(table3_models or [])
-    if not df.empty and ablation_only:
-        df = df[~df["model"].isin(ablation_only)]
-    ok = df[df["status"] == "ok"] if not df.empty else df
+    all_ok = df[df["status"] == "ok"] if not df.empty else df
+    all_pooled = all_ok[all_ok["class_name"] == POOLED]
+    table3 = df[~df["model"].isin(ablation_only)] if not df.empty else df
+    ok = all_ok[~all_ok["model"].isin(ablation_only)] if not all_ok.empty else all_ok
     pooled = ok[ok["class_name"] == POOLED]
     files = {key: reports / name for key, name in REPORT_FILES.items()}
-    everything.to_parquet(files["parquet"], index=False)
-    all_ok = everything[everything["status"] == "ok"] if not everything.empty else everything
-    metrics = dvc_metrics(
-        all_ok[all_ok["class_name"] == POOLED], all_ok[all_ok["class_name"] != POOLED]
-    )
+    df.to_parquet(files["parquet"], index=False)
+    metrics = dvc_metrics(all_pooled, all_ok[all_ok["class_name"] != POOLED])
     files["json"].write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    table = markdown_report(df)
+    table = markdown_report(table3)
     if ablation:
-        table += "\n" + ablation_markdown(all_ok[all_ok["class_name"] == POOLED], ablation)
+        table += "\n" + ablation_markdown(all_pooled, ablation)
     files["markdown"].write_text(table)
     csv = pooled[[c for c in POOLED_COLUMNS if c in pooled]].copy()
     csv.to_csv(files["csv"], index=False)
@@ -229,13 +225,9 @@ def write_reports(
     else:
         fid_vs_steps_plot(pooled, files["plot"], title="Pooled FID vs inference steps")
     grids = step_grids(layout, ok)
-    skipped = everything[everything["status"] == "skipped"] if not everything.empty else everything
+    skipped = df[df["status"] == "skipped"] if not df.empty else df
     return {
-        "cells": (
-            int(everything[["model", "steps"]].drop_duplicates().shape[0])
-            if not everything.empty
-            else 0
-        ),
+        "cells": int(df[["model", "steps"]].drop_duplicates().shape[0]) if not df.empty else 0,
         "measured_cells": len(pooled),
         "skipped_cells": {
             f"{r.model}__{r.steps}": str(r.reason) for r in skipped.itertuples(index=False)
