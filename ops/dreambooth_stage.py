@@ -203,7 +203,8 @@ def train_dreambooth(params: dict[str, Any], layout: DataLayout) -> dict[str, An
     gathered = group.gather(mine)
     if gathered is None:
         return {"rank": group.rank, "prior_classes": [name for name, _ in mine]}
-    priors = {name: dict(gathered)[name] for name in instances}
+    by_name = dict(gathered)
+    priors = {name: by_name[name] for name in instances}  # class order, whoever made them
     # 2. captions: identifier prompt for instances, class prompt for priors
     identifier = str(cfg["identifier"])
     instance_prompts = {name: rare_token_prompt(classes[name], identifier) for name in instances}
