@@ -1,5 +1,5 @@
 """Asset ``autoencoder``: the frozen base components (VAE, tokenizer, text encoder) in
-``models/base`` (stage function ``ops.autoencoder.build_autoencoder``)."""
+``models/base`` (stage function ``ops.models.autoencoder.build_autoencoder``)."""
 
 from __future__ import annotations
 

@@ -25,9 +25,9 @@ import dagster as dg
 
 from assets._tracking import run_training
 from assets.metadata import picture
-from ops.ablation import ablation_models
-from ops.benchmark_models import grid_cells, plan
 from ops.config import load_params
+from ops.distill.ablation import ablation_models
+from ops.eval.plan import grid_cells, plan
 from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
@@ -60,7 +60,7 @@ BENCHMARK_PARTITIONS = grid_partitions()
 
 def with_tracking(params: dict[str, Any], mlflow: MlflowResource) -> dict[str, Any]:
     """params with the MLflow resource's tracking URI (if set), for ops code that calls
-    ``ops.tracking.setup_mlflow`` itself."""
+    ``ops.tracking.mlflow_setup.setup_mlflow`` itself."""
     if not mlflow.tracking_uri:
         return params
     return {**params, "mlflow": {**params.get("mlflow", {}), "tracking_uri": mlflow.tracking_uri}}
@@ -91,7 +91,8 @@ def cell_markdown(rows: list[dict[str, Any]]) -> str:
 def benchmark_cells(
     context: dg.AssetExecutionContext, params: ParamsResource, data: DataResource
 ) -> dg.MaterializeResult:
-    from ops.benchmark import POOLED, benchmark_config, cell_path, run_cell
+    from ops.eval.cells import run_cell
+    from ops.eval.context import POOLED, benchmark_config, cell_path
 
     keys = context.partition_key.keys_by_dimension
     model, steps = keys["model"], int(keys["steps"])
@@ -142,7 +143,7 @@ def benchmark(
     mlflow: MlflowResource,
     launcher: LauncherResource,
 ) -> dg.MaterializeResult:
-    from ops.benchmark_report import REPORT_FILES
+    from ops.eval.report import REPORT_FILES
 
     summary = run_training(context, launcher, "benchmark", params, data, mlflow)
     for outcome in ("measured", "reused", "skipped"):

@@ -33,7 +33,7 @@ def champion_benchmark(
 ) -> dg.MaterializeResult:
     import pandas as pd
 
-    from ops.champion import run_champion_benchmark
+    from ops.eval.champion import run_champion_benchmark
 
     summary = run_champion_benchmark(with_tracking(params.load(), mlflow), data.layout)
     rows = pd.DataFrame(summary["rows"])
@@ -57,8 +57,8 @@ def champion_benchmark(
     "(relative) of the previous run, per model and step count.",
 )
 def champion_fid_regression(params: ParamsResource, data: DataResource) -> dg.AssetCheckResult:
-    from ops.benchmark import benchmark_config
-    from ops.champion import read_history, regressions
+    from ops.eval.champion import read_history, regressions
+    from ops.eval.context import benchmark_config
 
     tolerance = float(benchmark_config(params.load())["fid_regression_tolerance"])
     table = regressions(read_history(data.layout), tolerance)

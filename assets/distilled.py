@@ -4,7 +4,7 @@ skip-k ablation students ``llcm_k<k>`` (the paper's Fig. 3).
 One asset family: the three differ only in the teacher's solver (``distill.solvers``), the
 ablation students only in k (``distill.k_ablation``, read from params.yaml when the code
 location loads, like the benchmark's partitions). Each calls its stage function in
-``ops.distill_stage`` and attaches the loss, throughput, the registered model version (not for
+``ops.distill.stage`` and attaches the loss, throughput, the registered model version (not for
 ablation students) and a sample grid (classes x 1, 2, 4, 8 steps).
 """
 
@@ -16,8 +16,8 @@ import dagster as dg
 
 from assets._tracking import training_asset
 from assets.metadata import picture
-from ops.ablation import ablation_k, ablation_models
 from ops.config import load_params
+from ops.distill.ablation import ablation_k, ablation_models
 from ops.layout import DataLayout
 
 DESCRIPTIONS = {

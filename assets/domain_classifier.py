@@ -1,5 +1,5 @@
 """Asset ``domain_classifier``: the MedImgs CNN whose penultimate layer is the benchmark's FID
-feature space (stage function ``ops.classifier.build_domain_classifier``), with a check that it
+feature space (stage function ``ops.eval.classifier.build_domain_classifier``), with a check that it
 tells the classes apart better than chance (otherwise its FID would measure nothing)."""
 
 import dagster as dg
@@ -21,7 +21,7 @@ def accuracy_markdown(per_class: dict) -> str:
     description="Domain classifier on MedImgs: FID/KID features and class fidelity.",
 )
 def domain_classifier(params: ParamsResource, data: DataResource) -> dg.MaterializeResult:
-    from ops.classifier import MODEL_NAME, build_domain_classifier
+    from ops.eval.classifier import MODEL_NAME, build_domain_classifier
 
     summary = build_domain_classifier(params.load(), data.layout)
     return dg.MaterializeResult(
@@ -49,7 +49,7 @@ def domain_classifier(params: ParamsResource, data: DataResource) -> dg.Material
 def domain_classifier_above_chance(data: DataResource) -> dg.AssetCheckResult:
     import json
 
-    from ops.classifier import CONFIG_FILE, MODEL_NAME
+    from ops.eval.classifier import CONFIG_FILE, MODEL_NAME
 
     config = json.loads((data.layout.model(MODEL_NAME) / CONFIG_FILE).read_text())
     accuracy = float(config["summary"]["test_accuracy"])

@@ -1,5 +1,5 @@
 """Asset ``dreambooth``: the teacher fine-tuned DreamBooth-style on the evaluated classes, the
-few-shot baseline of the benchmark (stage function ``ops.dreambooth_stage.build_dreambooth``),
+few-shot baseline of the benchmark (stage function ``ops.baselines.dreambooth_stage.build_dreambooth``),
 run where the ``launcher`` resource says (under a launch the ranks share the prior images)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import dagster as dg
 
 from assets._tracking import training_asset
 from assets.metadata import picture
-from ops.benchmark_models import DREAMBOOTH_PROMPTS_FILE
+from ops.eval.plan import DREAMBOOTH_PROMPTS_FILE
 from ops.layout import DataLayout
 
 

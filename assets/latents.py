@@ -1,5 +1,5 @@
 """Asset ``latents``: the base training images encoded once and the prompt embeddings cached
-(stage function ``ops.latents.build_latents``; skips itself when its inputs are unchanged)."""
+(stage function ``ops.models.latents.build_latents``; skips itself when its inputs are unchanged)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Asset ``medimgs_manifest``: the cleaned MedImgs dataset (stage function
-``ops.cleaning.build``), with checks of its schema, its accounting and its split."""
+``ops.data.cleaning.build``), with checks of its schema, its accounting and its split."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import base64
 
 import dagster as dg
 
-from ops.cleaning.build import build_medimgs
-from ops.cleaning.checks import accounting_problems, schema_problems, split_problems
-from ops.cleaning.report import class_table, grid_thumbnail_png, to_markdown
-from ops.cleaning.tables import read_tables
+from ops.data.cleaning.build import build_medimgs
+from ops.data.cleaning.checks import accounting_problems, schema_problems, split_problems
+from ops.data.cleaning.report import class_table, grid_thumbnail_png, to_markdown
+from ops.data.cleaning.tables import read_tables
 from pipeline.resources import DataResource, ParamsResource
 
 

@@ -1,5 +1,5 @@
 """Asset ``raw_sources``: every configured source fetched into ``raw/<source>/`` and indexed
-in ``raw/index.parquet`` (stage function ``ops.sources.materialize``).
+in ``raw/index.parquet`` (stage function ``ops.data.sources.materialize``).
 
 No ``from __future__ import annotations`` here: Dagster inspects the ``context`` annotation as a
 real type.
@@ -7,8 +7,8 @@ real type.
 
 import dagster as dg
 
-from ops.sources.kaggle_fetch import SourceFetchError
-from ops.sources.materialize import materialize_raw_sources
+from ops.data.sources.kaggle_fetch import SourceFetchError
+from ops.data.sources.materialize import materialize_raw_sources
 from pipeline.resources import DataResource, ParamsResource
 
 

@@ -1,5 +1,5 @@
 """Asset ``teacher``: Stable Diffusion's UNet trained on the latents, saved as a stock
-``StableDiffusionPipeline`` in ``models/teacher`` (stage function ``ops.teacher.build_teacher``)."""
+``StableDiffusionPipeline`` in ``models/teacher`` (stage function ``ops.models.teacher.build_teacher``)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def time_decode(items, cfg, staging: Path, workers: int) -> tuple[float, list]:
-    from ops.cleaning.build import decode_all, settings_from
+    from ops.data.cleaning.build import decode_all, settings_from
 
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -44,11 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="data directory (default: $LLCM_DATA)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from ops.cleaning.build import enumerate_all, load_raw, settings_from
     from ops.config import load_params, stage_config
+    from ops.data.cleaning.build import enumerate_all, load_raw, settings_from
+    from ops.data.sources.materialize import materialize_specs
+    from ops.data.sources.registry import load_registry
     from ops.layout import DataLayout
-    from ops.sources.materialize import materialize_specs
-    from ops.sources.registry import load_registry
 
     params = load_params(preset=args.preset)
     cfg = stage_config(params, "ingest")

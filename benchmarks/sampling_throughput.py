@@ -16,8 +16,8 @@ import time
 
 import torch
 
+from ops.distill.sampling import generate, load_consistency_pipeline
 from ops.layout import DataLayout
-from ops.sampling import generate, load_consistency_pipeline
 
 PROMPT = "MRI of a human brain, glioma"
 

@@ -4,8 +4,8 @@
 
 Builds the preset's VAE and UNet from config (random weights, random inputs: no data needed)
 and times what the stages repeat: one teacher optimisation step (forward, backward, clip,
-AdamW; the same code path as ``ops.teacher``: noise, timestep, ``add_noise``, epsilon MSE) and
-one VAE encode of a batch (``ops.latents``). Reports wall time and process CPU time, because
+AdamW; the same code path as ``ops.models.teacher``: noise, timestep, ``add_noise``, epsilon MSE) and
+one VAE encode of a batch (``ops.models.latents``). Reports wall time and process CPU time, because
 on a shared machine the wall time measures the neighbours as much as the code.
 """
 
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch.nn.functional as F
 
     from ops.config import load_params, stage_config
-    from ops.presets import build_unet, build_vae, count_parameters, ddpm_scheduler
+    from ops.models.presets import build_unet, build_vae, count_parameters, ddpm_scheduler
 
     if args.threads:
         torch.set_num_threads(args.threads)

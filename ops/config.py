@@ -8,6 +8,7 @@ Dagster run override can never be silently shadowed by the other.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ops.layout import DataLayout
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PARAMS = REPO_ROOT / "params.yaml"
@@ -85,3 +88,28 @@ def stage_config(params: Mapping[str, Any], stage: str) -> dict[str, Any]:
     shared.update(scaled)
     shared["seed"] = shared.get("seed", params.get("seed", 0))
     return shared
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """The arguments every entry point takes: params file, preset, overrides, data directory.
+
+    One definition for the ``llcm`` verbs, ``python -m ops.entry`` and ``pipeline.pipes_entry``,
+    so a launched rank parses exactly what the command that launched it was given."""
+    parser.add_argument("--params", default=None, help="params file (default: params.yaml)")
+    parser.add_argument("--preset", default=None, help="preset name, e.g. tiny or sd15")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params key, as dvc exp run -S does (repeatable)",
+    )
+    parser.add_argument(
+        "--data", default=None, help="data directory (default: $LLCM_DATA or ./data)"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[dict[str, Any], DataLayout]:
+    """The params and the data layout that parsed ``add_config_args`` arguments name."""
+    return load_params(args.params, args.preset, args.overrides), DataLayout.from_env(args.data)

@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ops.config import add_config_args, config_from_args
 from ops.imports import import_callable
-from pipeline.commands.common import add_config_args, config_from_args
 from pipeline.stages import StageFn, resolve
 
 #: Loggers whose records rank 0 forwards to the Dagster event log.

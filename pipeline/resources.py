@@ -12,7 +12,7 @@ import dagster as dg
 
 from ops.config import load_params, stage_config
 from ops.layout import DataLayout
-from ops.tracking import setup_mlflow
+from ops.tracking.mlflow_setup import setup_mlflow
 
 
 class ParamsResource(dg.ConfigurableResource):

@@ -11,31 +11,31 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ops.ablation import ablation_k
+from ops.distill.ablation import ablation_k
 from ops.imports import import_callable
 from ops.layout import DataLayout
 
 StageFn = Callable[[dict[str, Any], DataLayout], dict[str, Any]]
 
 STAGES: dict[str, str] = {
-    "raw_sources": "ops.sources.materialize:materialize_raw_sources",
-    "medimgs_manifest": "ops.cleaning.build:build_medimgs",
-    "autoencoder": "ops.autoencoder:build_autoencoder",
-    "latents": "ops.latents:build_latents",
-    "teacher": "ops.teacher:build_teacher",
-    "llcm": "ops.distill_stage:build_llcm",
-    "lcm": "ops.distill_stage:build_lcm",
-    "llcm2": "ops.distill_stage:build_llcm2",
-    "domain_classifier": "ops.classifier:build_domain_classifier",
-    "dreambooth": "ops.dreambooth_stage:build_dreambooth",
-    "benchmark": "ops.benchmark:build_benchmark",
+    "raw_sources": "ops.data.sources.materialize:materialize_raw_sources",
+    "medimgs_manifest": "ops.data.cleaning.build:build_medimgs",
+    "autoencoder": "ops.models.autoencoder:build_autoencoder",
+    "latents": "ops.models.latents:build_latents",
+    "teacher": "ops.models.teacher:build_teacher",
+    "llcm": "ops.distill.stage:build_llcm",
+    "lcm": "ops.distill.stage:build_lcm",
+    "llcm2": "ops.distill.stage:build_llcm2",
+    "domain_classifier": "ops.eval.classifier:build_domain_classifier",
+    "dreambooth": "ops.baselines.dreambooth_stage:build_dreambooth",
+    "benchmark": "ops.eval.runner:build_benchmark",
 }
 
 
 def resolve(name: str) -> StageFn:
     """A stage function by name: one of ``STAGES`` or an ablation student ``llcm_k<k>``."""
     if ablation_k(name) is not None:
-        from ops.distill_stage import build_ablation_student
+        from ops.distill.stage import build_ablation_student
 
         return functools.partial(build_ablation_student, name)
     if name not in STAGES:

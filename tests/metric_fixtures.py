@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ops.cleaning.tables import image_path
+from ops.data.cleaning.tables import image_path
 from ops.layout import DataLayout
 
 SHAPES = ("disc", "square", "cross")
@@ -23,7 +23,7 @@ SHAPES = ("disc", "square", "cross")
 def save_image(
     layout: DataLayout, split: str, class_name: str, img: Image.Image
 ) -> tuple[str, str]:
-    """Store ``img`` where ingestion would (``ops.cleaning.tables.image_path``, id = content
+    """Store ``img`` where ingestion would (``ops.data.cleaning.tables.image_path``, id = content
     hash); returns (image_id, path relative to the data directory)."""
     image_id = hashlib.sha256(img.tobytes()).hexdigest()[:16]
     rel = image_path(split, class_name, image_id)

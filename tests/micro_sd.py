@@ -165,8 +165,8 @@ def build_micro_lcm(root: Path, k: int = 20, w_embedding_dim: int = 16) -> Path:
     ``root/llcm``: the student with a small random guidance projection, so w matters."""
     from diffusers import UNet2DConditionModel
 
-    from ops.consistency import make_student
-    from ops.sampling import save_consistency_pipeline
+    from ops.distill.consistency import make_student
+    from ops.distill.sampling import save_consistency_pipeline
 
     root = Path(root)
     teacher_dir = build_micro_sd(root / "teacher")
@@ -189,15 +189,15 @@ def micro_registry(tmp_path_factory) -> dict:
     Returns {"root", "layout", "params", "model_dir", "v1", "v2"}; ``root/data`` is the data dir.
     """
     if _REGISTRY:
-        from ops.tracking import setup_mlflow
+        from ops.tracking.mlflow_setup import setup_mlflow
 
         setup_mlflow(_REGISTRY["layout"], _REGISTRY["params"])  # another test may have moved it
         return _REGISTRY
     import mlflow.utils.environment as mlflow_env
 
     from ops.config import load_params
+    from ops.distill.registry import register_model
     from ops.layout import DataLayout
-    from ops.registry import register_model
 
     root = tmp_path_factory.mktemp("registry")
     model_dir = build_micro_lcm(root)

@@ -18,8 +18,8 @@ from metric_fixtures import save_image, write_manifest
 from PIL import Image, ImageDraw
 
 from ops.config import stage_config
+from ops.data.prompts import build_prompt
 from ops.layout import DataLayout
-from ops.prompts import build_prompt
 
 # class name -> (labels, shape, holdout)
 CLASSES: dict[str, tuple[dict[str, str], str, bool]] = {
@@ -155,9 +155,9 @@ def prepared_data(tmp_path_factory) -> DataLayout:
     if not _PREPARED:
         import torch
 
-        from ops.autoencoder import build_autoencoder
-        from ops.latents import build_latents
-        from ops.teacher import build_teacher
+        from ops.models.autoencoder import build_autoencoder
+        from ops.models.latents import build_latents
+        from ops.models.teacher import build_teacher
 
         layout = DataLayout(tmp_path_factory.mktemp("prepared") / "data")
         params = micro_test_params()
@@ -183,7 +183,7 @@ def stage_summary(layout: DataLayout, name: str) -> dict:
 
 
 def kill_after_first_checkpoint(stage: str, params: dict, data: DataLayout, tmp_path: Path) -> dict:
-    """Run trainer ``stage`` as ``python -m ops.training.entry`` in a child process, SIGKILL it
+    """Run trainer ``stage`` as ``python -m ops.entry`` in a child process, SIGKILL it
     once its first checkpoint is complete, and return that checkpoint's ``state.json``."""
     import os
     import signal
@@ -197,7 +197,7 @@ def kill_after_first_checkpoint(stage: str, params: dict, data: DataLayout, tmp_
 
     params_file = tmp_path / f"{stage}-params.yaml"
     params_file.write_text(yaml.safe_dump(params))
-    cmd = [sys.executable, "-m", "ops.training.entry", stage, "--params", str(params_file),
+    cmd = [sys.executable, "-m", "ops.entry", stage, "--params", str(params_file),
            "--data", str(data.root)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,

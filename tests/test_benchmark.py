@@ -13,16 +13,10 @@ import torch
 from bench_fixtures import bench_params, bench_world, linked_layout, write_params
 from dagster_fixtures import asset_resources
 
-from ops.benchmark import (
-    POOLED,
-    cell_path,
-    evaluated_classes,
-    plan,
-    run_benchmark,
-    run_cell,
-    run_cells,
-)
-from ops.benchmark_models import grid_cells, model_spec, unavailable_reason
+from ops.eval.cells import run_cell
+from ops.eval.context import POOLED, cell_path, evaluated_classes
+from ops.eval.plan import grid_cells, model_spec, unavailable_reason
+from ops.eval.runner import plan, run_benchmark, run_cells
 
 METRIC_COLUMNS = ["fid", "kid", "n", "class_fidelity", "seconds_per_image"]
 
@@ -283,8 +277,8 @@ def test_cli_benchmark_reuses_cells_and_report_prints_table_3(world, grid, tmp_p
 def test_k_ablation_students_get_their_own_table_and_picture(world, tmp_path):
     """Students llcm_k<k> are cells of the grid, reported in a skip-k table (llcm is the row
     at distill.k) and kept out of Table 3; the picture needs at least one student."""
-    from ops.benchmark import summarize
-    from ops.benchmark_report import k_ablation
+    from ops.eval.report import k_ablation
+    from ops.eval.runner import summarize
     from ops.layout import DataLayout
 
     layout = DataLayout.from_env(tmp_path / "data")

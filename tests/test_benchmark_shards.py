@@ -14,8 +14,9 @@ from bench_fixtures import bench_params, bench_world, linked_layout, write_param
 from dagster_fixtures import asset_resources
 from PIL import Image
 
-from ops.benchmark import POOLED, plan, read_cell, run_benchmark
-from ops.benchmark_shards import UnitResult, cell_units, in_canonical_order, shard
+from ops.eval.context import POOLED, read_cell
+from ops.eval.runner import plan, run_benchmark
+from ops.eval.shards import UnitResult, cell_units, in_canonical_order, shard
 
 MEASURED = ["fid", "kid", "n", "n_ref", "class_fidelity"]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 from metric_fixtures import make_shape_dataset
 
-from ops.classifier import (
+from ops.config import load_params
+from ops.eval.classifier import (
     CONFIG_FILE,
     MODEL_NAME,
     WEIGHTS_FILE,
@@ -21,9 +22,8 @@ from ops.classifier import (
     predict_from_features,
     torch_threads,
 )
-from ops.config import load_params
+from ops.eval.features import extract_features, load_images
 from ops.layout import DataLayout
-from ops.metrics import extract_features, load_images
 
 REPO = Path(__file__).resolve().parent.parent
 

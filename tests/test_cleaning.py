@@ -12,20 +12,25 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ops.cleaning import reasons
-from ops.cleaning.build import build_medimgs, clean_raw
-from ops.cleaning.checks import accounting_problems, expected_keys, schema_problems, split_problems
-from ops.cleaning.decode import Rejected, decode
-from ops.cleaning.items import Outcome
-from ops.cleaning.split import assign_splits
-from ops.cleaning.tables import MANIFEST_COLUMNS, read_tables
 from ops.config import load_params, stage_config
+from ops.data import reasons
+from ops.data.cleaning.build import build_medimgs, clean_raw
+from ops.data.cleaning.checks import (
+    accounting_problems,
+    expected_keys,
+    schema_problems,
+    split_problems,
+)
+from ops.data.cleaning.decode import Rejected, decode
+from ops.data.cleaning.items import Outcome
+from ops.data.cleaning.split import assign_splits
+from ops.data.cleaning.tables import MANIFEST_COLUMNS, read_tables
+from ops.data.prompts import build_prompt
+from ops.data.sources import phantom_encode as enc
+from ops.data.sources.materialize import materialize_raw_sources, materialize_specs
+from ops.data.sources.phantoms import DUPLICATE, KEPT
+from ops.data.sources.registry import ClassLabels, SourceSpec
 from ops.layout import DataLayout
-from ops.prompts import build_prompt
-from ops.sources import phantom_encode as enc
-from ops.sources.materialize import materialize_raw_sources, materialize_specs
-from ops.sources.phantoms import DUPLICATE, KEPT
-from ops.sources.registry import ClassLabels, SourceSpec
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_OVERRIDES = ["ingest.max_image_pixels=1000000", "ingest.workers=1"]

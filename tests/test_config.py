@@ -36,7 +36,7 @@ def test_mlflow_store_follows_the_data_dir_not_the_uri_mlflow_exported(tmp_path,
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a second data dir in the same
     process must still get its own store, while a user's own variable is respected."""
     from ops.layout import DataLayout
-    from ops.tracking import setup_mlflow, tracking_uri
+    from ops.tracking.mlflow_setup import setup_mlflow, tracking_uri
 
     first, second = DataLayout(tmp_path / "a"), DataLayout(tmp_path / "b")
     params = {"mlflow": {"experiment": "llcm"}}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from micro_sd import CROSS_DIM, micro_unet
 
-from ops.consistency import (
+from ops.distill.consistency import (
     boundary_scalings,
     consistency_function,
     consistency_loss,
@@ -22,7 +22,7 @@ from ops.consistency import (
     timestep_grid,
     timestep_pairs,
 )
-from ops.solvers import get_solver
+from ops.distill.solvers import get_solver
 
 W_DIM = 16
 
@@ -189,8 +189,8 @@ def test_a_few_steps_decrease_the_loss(teacher, cfg):
 
 
 def test_solver_for_model(cfg):
-    from ops.consistency import solver_for_model
-    from ops.solvers import ddim, leapfrog2
+    from ops.distill.consistency import solver_for_model
+    from ops.distill.solvers import ddim, leapfrog2
 
     assert solver_for_model("lcm", cfg) is ddim
     assert solver_for_model("llcm2", cfg) is leapfrog2

@@ -11,7 +11,7 @@ from model_fixtures import copy_data, kill_after_first_checkpoint, micro_test_pa
 from safetensors.torch import load_file
 
 from ops.config import stage_config
-from ops.distill_stage import build_lcm, build_llcm, build_llcm2, train_distilled
+from ops.distill.stage import build_lcm, build_llcm, build_llcm2, train_distilled, train_llcm
 from ops.layout import DataLayout
 from ops.training.launch import run_trainer
 
@@ -70,7 +70,7 @@ def test_three_models_train_save_load_in_stock_diffusers_and_register(data):
 
 def test_two_processes_distill_on_halves_of_the_global_batch(data, omp_one_thread):
     params = micro_test_params(*DISTILL, "distill.num_processes=2", "distill.register=false")
-    summary = run_trainer("llcm", params, data, stage_config(params, "distill"))
+    summary = run_trainer("llcm", train_llcm, params, data, stage_config(params, "distill"))
     assert summary["world_size"] == 2
     assert summary["global_batch_size"] == 8 and summary["local_batch_size"] == 4
     assert summary["samples_per_rank"] == [STEPS * 4, STEPS * 4]
@@ -103,7 +103,7 @@ def test_ablation_student_is_llcm_with_its_own_k_and_stays_out_of_the_registry(d
     from bench_fixtures import write_params
     from mlflow import MlflowClient
 
-    from ops.ablation import ablation_rows, student_config
+    from ops.distill.ablation import ablation_rows, student_config
     from pipeline.cli import main
 
     params = micro_test_params(*DISTILL, "distill.k_ablation=[50]")

@@ -6,12 +6,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from ops.dreambooth import (
+from ops.baselines.dreambooth import (
     dreambooth_loss,
     finetune_dreambooth,
     prior_preservation_loss,
-    rare_token_prompt,
 )
+from ops.data.prompts import rare_token_prompt
 
 
 def test_rare_token_prompt():

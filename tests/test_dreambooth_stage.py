@@ -13,8 +13,8 @@ from metric_fixtures import make_shape_dataset
 from micro_sd import build_micro_sd
 from safetensors.torch import save_file
 
-from ops.benchmark import evaluated_classes
-from ops.dreambooth_stage import PRIOR_GRID, build_dreambooth
+from ops.baselines.dreambooth_stage import PRIOR_GRID, build_dreambooth
+from ops.eval.context import evaluated_classes
 from ops.layout import DataLayout
 from ops.training.latent_data import INDEX_FILE, PROMPT_EMBEDS_FILE, PromptEmbeddings, shard_name
 

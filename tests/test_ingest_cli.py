@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from ops.cleaning import reasons
+from ops.data import reasons
 from pipeline.cli import main
 from pipeline.commands.ingest import adhoc_spec
 

@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ops.cleaning.build import clean_raw
-from ops.cleaning.tables import read_tables
 from ops.config import load_params, stage_config
+from ops.data.cleaning.build import clean_raw
+from ops.data.cleaning.tables import read_tables
+from ops.data.sources.kaggle_fetch import SourceFetchError
+from ops.data.sources.materialize import materialize_specs
+from ops.data.sources.registry import SourceSpec, load_registry, parse_spec
 from ops.layout import DataLayout
-from ops.sources.kaggle_fetch import SourceFetchError
-from ops.sources.materialize import materialize_specs
-from ops.sources.registry import SourceSpec, load_registry, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 USER, KEY = "tester", "s3cret-kaggle-key-0123456789"

@@ -14,7 +14,6 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from pipeline.k8s_spec import GPU_RESOURCE, LAUNCH_LABEL, RANK_LABEL
 from pipeline.launcher import (
     CPU_CONFIG,
     GPU_POOL_TAG,
@@ -23,7 +22,8 @@ from pipeline.launcher import (
     stage_script,
     training_run_tags,
 )
-from pipeline.local_pipes import probable_cause
+from pipeline.launcher.k8s_spec import GPU_RESOURCE, LAUNCH_LABEL, RANK_LABEL
+from pipeline.launcher.local_pipes import probable_cause
 from pipeline.pipes_entry import SUMMARY_MESSAGE_KEY, elastic_main, resolve_stage
 from pipeline.pipes_entry import main as pipes_entry_main
 from pipeline.resources import DataResource, ParamsResource

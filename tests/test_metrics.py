@@ -12,17 +12,14 @@ import torch
 from metric_fixtures import make_shape_dataset
 from scipy import linalg
 
-from ops import metrics
-from ops.classifier import DomainClassifier, feature_extractor
-from ops.metrics import (
-    FeatureStats,
-    evaluate_cell,
-    extract_features,
-    frechet_distance,
-    kid,
-    reference_path,
-    reference_stats,
-)
+import ops.eval.reference as reference_module
+from ops.eval import distances, features, metrics
+from ops.eval.classifier import DomainClassifier, feature_extractor
+from ops.eval.distances import FeatureStats, frechet_distance, kid
+from ops.eval.extractor import load_extractor
+from ops.eval.features import extract_features
+from ops.eval.metrics import evaluate_cell
+from ops.eval.reference import reference_path, reference_stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -73,7 +70,7 @@ def test_sample_fid_approaches_population_value():
     s1, s2 = _random_spd(rng, d), _random_spd(rng, d)
     x = rng.multivariate_normal(mu1, s1, size=n)
     y = rng.multivariate_normal(mu2, s2, size=n)
-    got = metrics.fid_from_stats(FeatureStats.from_features(x), FeatureStats.from_features(y))
+    got = distances.fid_from_stats(FeatureStats.from_features(x), FeatureStats.from_features(y))
     assert got == pytest.approx(_independent_fid(mu1, s1, mu2, s2), rel=0.05)
 
 
@@ -134,7 +131,7 @@ def test_class_fidelity():
 
 def test_to_uint8_accepts_float_tensors_and_nchw():
     x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
-    out = metrics.to_uint8_hwc(x)
+    out = features.to_uint8_hwc(x)
     assert out.shape == (2, 2, 2, 3) and out.dtype == np.uint8
     assert out[0, 0, 0].tolist() == [0, 128, 255]
 
@@ -167,10 +164,12 @@ def test_compute_fid_offline_agrees_with_streaming(layout, no_network):
         stats = FeatureStats(extractor.dim)
         paths = sorted(folder.glob("*.jpg"))
         for start in range(0, len(paths), 5):  # other batching than clean-fid's
-            stats.update(extract_features(metrics.load_images(paths[start : start + 5]), extractor))
+            stats.update(
+                extract_features(features.load_images(paths[start : start + 5]), extractor)
+            )
         return stats
 
-    ours = metrics.fid_from_stats(streamed(dir1), streamed(dir2))
+    ours = distances.fid_from_stats(streamed(dir1), streamed(dir2))
     assert reference > 0
     assert ours == pytest.approx(reference, rel=1e-4)
 
@@ -189,7 +188,7 @@ def test_reference_stats_are_cached_and_refreshed(layout, no_network, monkeypatc
     def no_extraction(*args, **kwargs):
         raise AssertionError("cached stats were recomputed")
 
-    monkeypatch.setattr(metrics, "extract_features", no_extraction)
+    monkeypatch.setattr(reference_module, "extract_features", no_extraction)
     cached = reference_stats(layout, extractor, ["disc"])
     assert np.array_equal(cached["disc"].stats.sum_outer, refs["disc"].stats.sum_outer)
     monkeypatch.undo()
@@ -206,11 +205,11 @@ def test_reference_stats_are_cached_and_refreshed(layout, no_network, monkeypatc
 
 
 def test_missing_inception_weights_is_a_clear_error(tmp_path, monkeypatch, no_network):
-    monkeypatch.setattr(metrics, "cleanfid_inception_path", lambda: tmp_path / "absent.pt")
+    monkeypatch.setattr(features, "cleanfid_inception_path", lambda: tmp_path / "absent.pt")
     with pytest.raises(FileNotFoundError, match="benchmark.inception_weights"):
-        metrics.inception_extractor(None)
+        features.inception_extractor(None)
     with pytest.raises(FileNotFoundError, match="never downloads"):
-        metrics.load_extractor("inception", layout=None, params={"benchmark": {}})
+        load_extractor("inception", layout=None, params={"benchmark": {}})
 
 
 def test_inception_extractor_loads_a_local_torchscript_file(tmp_path, monkeypatch, no_network):
@@ -226,12 +225,12 @@ def test_inception_extractor_loads_a_local_torchscript_file(tmp_path, monkeypatc
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.layers(x)
 
-    path = tmp_path / metrics.INCEPTION_FILENAME
+    path = tmp_path / features.INCEPTION_FILENAME
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, clean-fid uses it
         torch.jit.script(FakeInception()).save(str(path))
-    monkeypatch.setattr(metrics, "cleanfid_inception_path", lambda: tmp_path / "absent.pt")
-    extractor = metrics.load_extractor(
+    monkeypatch.setattr(features, "cleanfid_inception_path", lambda: tmp_path / "absent.pt")
+    extractor = load_extractor(
         "inception", layout=None, params={"benchmark": {"inception_weights": str(path)}}
     )
     assert extractor.input_size == 299 and extractor.dim == 2048

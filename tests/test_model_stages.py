@@ -12,8 +12,8 @@ import torch
 from model_fixtures import copy_data, micro_test_params, prepared_data, stage_summary
 from safetensors.torch import load_file
 
-from ops.latents import build_latents
 from ops.layout import DataLayout
+from ops.models.latents import build_latents
 from ops.training.latent_data import LatentDataset, PromptEmbeddings
 
 BASE_TRAIN_IMAGES = 4 * 6  # 4 base classes x 6 train images; the held-out class is skipped

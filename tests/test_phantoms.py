@@ -11,8 +11,8 @@ import pydicom
 import pytest
 from PIL import Image
 
-from ops.cleaning import reasons
-from ops.sources.phantoms import (
+from ops.data import reasons
+from ops.data.sources.phantoms import (
     CLASS_KEYS,
     DUPLICATE,
     KEPT,
@@ -20,9 +20,9 @@ from ops.sources.phantoms import (
     draw_phantom,
     generate_phantoms,
 )
-from ops.sources.raw_index import walk_files
-from ops.sources.registry import load_registry
-from ops.sources.sniff import guess_format
+from ops.data.sources.raw_index import walk_files
+from ops.data.sources.registry import load_registry
+from ops.data.sources.sniff import guess_format
 
 SMALL_BOMB = 1_000_000  # max_image_pixels for tests: keeps the planted oversized PNG small
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ops.plots import (
+from ops.eval.plots import (
     fid_vs_steps_plot,
     k_ablation_grid,
     step_comparison_grid,

@@ -7,7 +7,8 @@ from model_fixtures import CLASSES
 from transformers import CLIPTokenizer
 
 from ops.config import stage_config
-from ops.presets import (
+from ops.data.prompts import build_prompt
+from ops.models.presets import (
     build_text_encoder,
     build_tokenizer,
     build_unet,
@@ -16,8 +17,7 @@ from ops.presets import (
     ddpm_scheduler,
     encode_prompts,
 )
-from ops.prompts import build_prompt
-from ops.tokenizer import BOS, EOS, byte_symbols
+from ops.models.tokenizer import BOS, EOS, byte_symbols
 
 PROMPTS = [build_prompt(labels) for labels, _, _ in CLASSES.values()]
 

@@ -10,7 +10,7 @@ import pytest
 from micro_sd import IMAGE_SIZE, micro_registry
 from PIL import Image
 
-from ops.registry import (
+from ops.distill.registry import (
     ModelNotFoundError,
     load_pyfunc,
     resolve_model_uri,
@@ -101,8 +101,8 @@ def test_register_inside_the_trainers_run(store, monkeypatch):
     """In an active run, the version belongs to it and already logged params are kept."""
     import mlflow.utils.environment as mlflow_env
 
-    from ops.registry import register_model
-    from ops.tracking import setup_mlflow
+    from ops.distill.registry import register_model
+    from ops.tracking.mlflow_setup import setup_mlflow
 
     monkeypatch.setattr(mlflow_env, "warn_dependency_requirement_mismatches", lambda reqs: None)
     experiment = setup_mlflow(store["layout"], store["params"])

@@ -9,15 +9,15 @@ import pytest
 import torch
 from micro_sd import IMAGE_SIZE, PROMPTS, build_micro_lcm
 
-from ops.consistency import make_student
-from ops.presets import encode_prompts
-from ops.sampling import (
+from ops.distill.consistency import make_student
+from ops.distill.sampling import (
     consistency_sample,
     generate,
     lcm_timesteps,
     load_consistency_pipeline,
     save_consistency_pipeline,
 )
+from ops.models.presets import encode_prompts
 from ops.training.grids import image_grid
 
 K = 20

@@ -10,7 +10,7 @@ import torch
 from bench_fixtures import bench_params, bench_world, linked_layout, write_params
 from dagster_fixtures import asset_resources
 
-from ops.champion import COLUMNS, append_history, read_history, regressions
+from ops.eval.champion import COLUMNS, append_history, read_history, regressions
 
 
 def _history(*runs: tuple[str, str, dict[int, float]]) -> pd.DataFrame:

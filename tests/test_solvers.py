@@ -20,7 +20,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from ops.solvers import SOLVERS, alpha_at, ddim, get_solver, leapfrog, leapfrog2, sigma_to_t
+from ops.distill.solvers import SOLVERS, alpha_at, ddim, get_solver, leapfrog, leapfrog2, sigma_to_t
 
 T = 1000
 

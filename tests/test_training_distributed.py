@@ -14,7 +14,7 @@ from model_fixtures import copy_data, kill_after_first_checkpoint, micro_test_pa
 
 from ops.config import stage_config
 from ops.layout import DataLayout
-from ops.teacher import train_teacher
+from ops.models.teacher import train_teacher
 from ops.training.launch import run_trainer
 
 STEPS = 4
@@ -36,7 +36,7 @@ def test_two_processes_train_on_halves_of_the_same_global_batch(data, tmp_path, 
         "teacher.num_processes=2",
         "teacher.checkpoint_every=2",
     )
-    two = run_trainer("teacher", params, data, stage_config(params, "teacher"))
+    two = run_trainer("teacher", train_teacher, params, data, stage_config(params, "teacher"))
     assert two["world_size"] == 2
     assert two["global_batch_size"] == 8 and two["local_batch_size"] == 4
     assert two["samples_per_rank"] == [STEPS * 4, STEPS * 4]  # both ranks trained every step

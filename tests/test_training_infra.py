@@ -124,7 +124,7 @@ def test_accelerate_command_starts_n_processes_on_cpu(tmp_path):
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     assert "--multi_gpu" in cmd and "--cpu" not in cmd
     assert cmd[cmd.index("--num_processes") + 1] == "2"
-    assert cmd[cmd.index("-m", 3) :][:3] == ["-m", "ops.training.entry", "teacher"]
+    assert cmd[cmd.index("-m", 3) :][:3] == ["-m", "ops.entry", "teacher"]
     assert cmd[-4:] == ["--preset", "micro", "--data", str(tmp_path)]
 
 

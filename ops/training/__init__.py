@@ -5,13 +5,15 @@
 - ``ema``:         exponential moving average of weights.
 - ``checkpoint``:  atomic, resumable checkpoints (safetensors) and atomic output directories.
 - ``fingerprint``: content hashes deciding whether a checkpoint or a cache can be reused.
-- ``mlflow_run``:  one MLflow run per training stage, written by the main process only.
 - ``loop``:        the training loop: resume, step, clip, EMA, log, checkpoint, progress bar.
 - ``grids``:       image grid PNGs for people to look at.
 - ``samples``:     per-class sample grids from any diffusers text-to-image pipeline.
 - ``image_data``:  MedImgs manifest rows and their images as tensors.
 - ``latent_data``: the latents stage's shards and prompt embeddings, with prompt dropout.
-- ``launch`` / ``entry``: run a trainer in-process or under ``accelerate launch``.
+- ``launch``:      run a trainer in-process or under ``accelerate launch`` (the launched
+                   command is ``python -m ops.entry STAGE``; the trainer's MLflow run is
+                   ``ops.tracking.runs``).
 
-Nothing here imports Dagster; torch and friends are imported by the modules that need them.
+Nothing here imports a pipeline stage (stages import this package, never the reverse) or
+Dagster; torch and friends are imported by the modules that need them.
 """

@@ -1,6 +1,6 @@
 """The latents stage's files, and a dataset over them with prompt dropout.
 
-Layout of ``latents/`` (written by ``ops.latents``):
+Layout of ``latents/`` (written by ``ops.models.latents``):
 
 - ``shard-00000.safetensors``   tensor ``latents`` ``[n, C, h, w]`` (float16), already
   multiplied by the VAE's ``scaling_factor``; metadata: fingerprint, hash of its image ids
@@ -8,7 +8,7 @@ Layout of ``latents/`` (written by ``ops.latents``):
 - ``prompt_embeds.safetensors`` tensor ``embeds`` ``[P, L, D]``: the frozen text encoder's
   output for every distinct prompt, the empty prompt ``""`` first (classifier-free guidance);
   metadata ``prompts``: the JSON list of the P prompts
-- ``fingerprint.json``          inputs the files were computed from (see ``ops.latents``)
+- ``fingerprint.json``          inputs the files were computed from (see ``ops.models.latents``)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Run a trainer in this process, or in N processes under ``accelerate launch``.
 
 The command for N processes is ``accelerate launch --multi_gpu --num_processes N -m
-ops.training.entry STAGE ...`` on GPU and CPU machines alike: on CPU, ``--cpu`` would silently
+ops.entry STAGE ...`` on GPU and CPU machines alike: on CPU, ``--cpu`` would silently
 start one process, so ``--multi_gpu`` starts N and the trainer's ``Accelerator(cpu=True)``
 picks the gloo backend (see ``runtime.create_accelerator``). The launched run receives the
 caller's fully resolved params as a YAML file, so run-level overrides carry over, and writes its
@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,10 @@ import yaml
 
 from ops.config import REPO_ROOT
 from ops.layout import DataLayout
-from ops.training.entry import resolve_trainer
 from ops.training.runtime import launched_world_size
+
+Trainer = Callable[[dict[str, Any], DataLayout], dict[str, Any]]
+ENTRY_MODULE = "ops.entry"  # ``python -m ops.entry STAGE``: resolves STAGE to its trainer
 
 
 def free_port() -> int:
@@ -47,13 +49,13 @@ def accelerate_command(
     mixed_precision: str = "no",
     port: int | None = None,
 ) -> list[str]:
-    """The ``accelerate launch`` argv for ``python -m ops.training.entry STAGE ...``."""
+    """The ``accelerate launch`` argv for ``python -m ops.entry STAGE ...``."""
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
         "--main_process_port", str(port or free_port()),
-        "-m", "ops.training.entry", stage,
+        "-m", ENTRY_MODULE, stage,
     ]  # fmt: skip
     return cmd + entry_arguments(params_path, preset, overrides, data_root, summary_path)
 
@@ -110,9 +112,14 @@ def launch(
 
 
 def run_trainer(
-    stage: str, params: dict[str, Any], layout: DataLayout, cfg: dict[str, Any]
+    stage: str, trainer: Trainer, params: dict[str, Any], layout: DataLayout, cfg: dict[str, Any]
 ) -> dict[str, Any]:
-    """Run trainer ``stage`` here or launched in ``cfg["num_processes"]`` processes; its summary.
+    """Run ``trainer`` here, or trainer ``stage`` launched in ``cfg["num_processes"]``
+    processes (``python -m ops.entry STAGE`` resolves the name to the same function); its summary.
+
+    The caller hands over the function itself, so this infrastructure never imports a stage:
+    imports point from the stages down to ``ops.training``, and only the entry point at the
+    top of ``ops`` knows every trainer by name.
 
     In this process when ``num_processes`` <= 1, and also when this process already is one rank
     of a launch (the stage function runs on every rank, e.g. under Dagster's launcher): the
@@ -121,7 +128,7 @@ def run_trainer(
     """
     num_processes = int(cfg.get("num_processes", 1) or 1)
     if num_processes <= 1 or launched_world_size() > 1:
-        return resolve_trainer(stage)(params, layout)
+        return trainer(params, layout)
     layout.tmp.mkdir(parents=True, exist_ok=True)
     token = uuid.uuid4().hex[:8]
     params_path = layout.tmp / f"{stage}-params-{token}.yaml"

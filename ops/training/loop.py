@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ops.tracking.runs import MlflowRun
 from ops.training.batches import GlobalBatchPlan, StepBatch
 from ops.training.checkpoint import Checkpoint, CheckpointStore
 from ops.training.ema import EMA
-from ops.training.mlflow_run import MlflowRun
 
 LossFn = Callable[[StepBatch], torch.Tensor]
 

@@ -17,13 +17,13 @@ import json
 import logging
 import sys
 
-from pipeline.commands.common import add_config_args, config_from_args
+from ops.config import add_config_args, config_from_args
 
 REPORT_FILE = "benchmark.md"
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
-    from ops.benchmark import build_benchmark
+    from ops.eval.runner import build_benchmark
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     params, layout = config_from_args(args)

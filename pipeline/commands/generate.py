@@ -15,12 +15,12 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.commands.common import add_config_args, config_from_args
+from ops.config import add_config_args, config_from_args
 
 
 def run(args: argparse.Namespace) -> int:
-    from ops.registry import resolve_model_uri
-    from ops.sampling import generate, load_consistency_pipeline
+    from ops.distill.registry import resolve_model_uri
+    from ops.distill.sampling import generate, load_consistency_pipeline
     from ops.training.grids import image_grid
 
     _quiet_loading()

@@ -15,13 +15,12 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ops.cleaning.build import clean_raw
-from ops.config import stage_config
+from ops.config import add_config_args, config_from_args, stage_config
+from ops.data.cleaning.build import clean_raw
+from ops.data.sources.kaggle_fetch import SLUG_RE, SourceFetchError
+from ops.data.sources.materialize import materialize_specs
+from ops.data.sources.registry import RegistryError, SourceSpec, load_registry
 from ops.layout import DataLayout
-from ops.sources.kaggle_fetch import SLUG_RE, SourceFetchError
-from ops.sources.materialize import materialize_specs
-from ops.sources.registry import RegistryError, SourceSpec, load_registry
-from pipeline.commands.common import add_config_args, config_from_args
 
 
 def source_name(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.commands.common import add_config_args, config_from_args
+from ops.config import add_config_args, config_from_args
 from pipeline.stages import STAGES, resolve
 
 

@@ -1,0 +1,1 @@
+"""Baselines the benchmark compares against that need training of their own (DreamBooth)."""

@@ -1,0 +1,2 @@
+"""Stage 1, data: raw sources in (``sources``), the cleaned MedImgs set out (``cleaning``), and
+the prompt each image's labels make (``prompts``)."""

@@ -1,0 +1,297 @@
+"""Multistep consistency sampling, and the saved model directory stock diffusers can load.
+
+:func:`consistency_sample` is the sampler of the latent consistency paper (Luo et al. 2023,
+Algorithm 3; Song et al. 2023, Algorithm 1), written out as diffusers' ``LCMScheduler`` +
+``LatentConsistencyModelPipeline`` run it, so the two give the same latents for the same seed:
+
+    timesteps: the k-skipped training grid t_n = (n + 1) k - 1 (``original_inference_steps``
+               = T / k points), ``steps`` of them at evenly spaced indices from the top;
+    for each t_i:  denoised = f_theta(z, w, c, t_i)                       (c_skip z + c_out x0)
+                   z = sqrt(a_{t_{i+1}}) denoised + sqrt(1 - a_{t_{i+1}}) noise   (not after the last)
+    return denoised
+
+Guidance: ``w`` is the LCM paper's guidance weight, the one the student was distilled with
+(x0 = x0_c + w (x0_c - x0_u)). Diffusers' (Imagen-style) ``guidance_scale`` is w + 1, and its
+LCM pipeline embeds ``guidance_scale - 1``; the user-facing functions here (:func:`generate`,
+``llcm generate --guidance``, the registry's pyfunc) take ``guidance_scale`` like diffusers.
+
+Noise is drawn with diffusers' ``randn_tensor`` from one ``torch.Generator`` in the pipeline's
+order (initial latents unless given, then one draw per intermediate step).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ops.distill.consistency import consistency_function, guidance_embedding
+from ops.distill.solvers import append_dims
+from ops.models.presets import encode_prompts
+
+METADATA_FILE = "llcm.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Timesteps and the sampling loop
+# --------------------------------------------------------------------------------------------
+
+
+def lcm_timesteps(steps: int, original_steps: int, num_train_timesteps: int = 1000) -> Tensor:
+    """``LCMScheduler.set_timesteps``: ``steps`` evenly indexed points of the skipping grid.
+
+    ``original_steps`` = T / k is the size of the distillation grid t_n = (n + 1) k - 1.
+    """
+    if not 1 <= steps <= original_steps:
+        raise ValueError(
+            f"steps must be between 1 and {original_steps} (the model's original_inference_steps"
+            f" = {num_train_timesteps}/k), got {steps}"
+        )
+    k = num_train_timesteps // original_steps
+    origin = np.arange(1, original_steps + 1) * k - 1
+    index = np.floor(np.linspace(0, original_steps, num=steps, endpoint=False)).astype(np.int64)
+    return torch.from_numpy(origin[::-1][index].copy())
+
+
+@torch.no_grad()
+def consistency_sample(
+    unet: nn.Module,
+    prompt_embeds: Tensor,
+    steps: int,
+    w: float,
+    generator: torch.Generator | None = None,
+    *,
+    alphas_cumprod: Tensor,
+    original_steps: int,
+    latents: Tensor | None = None,
+    latent_size: tuple[int, int] | None = None,
+    sigma_data: float = 0.5,
+    timestep_scaling: float = 10.0,
+    prediction_type: str = "epsilon",
+) -> Tensor:
+    """Multistep consistency sampling; returns the final denoised latents (batch of prompts).
+
+    ``unet`` is the student (a UNet2DConditionModel with ``time_cond_proj_dim``),
+    ``prompt_embeds`` one row per image, ``w`` the LCM guidance weight (= guidance_scale - 1),
+    ``alphas_cumprod`` the teacher's schedule, ``original_steps`` = T / k. ``latents`` are the
+    initial noise z_T; drawn from ``generator`` when not given, of spatial size ``latent_size``
+    (default: the UNet's ``sample_size``).
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, dtype = prompt_embeds.device, prompt_embeds.dtype
+    batch = prompt_embeds.shape[0]
+    timesteps = lcm_timesteps(steps, original_steps, len(alphas_cumprod)).to(device)
+    alphas_cumprod = alphas_cumprod.to(device)
+    if latents is None:
+        size = latent_size or (unet.config.sample_size, unet.config.sample_size)
+        shape = (batch, unet.config.in_channels, *size)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    z = latents.to(device, dtype)
+    w_emb = guidance_embedding(torch.full((batch,), float(w)), unet.config.time_cond_proj_dim)
+    w_emb = w_emb.to(device, dtype)
+
+    denoised = z
+    for i, t in enumerate(timesteps):
+        out = unet(z, t, timestep_cond=w_emb, encoder_hidden_states=prompt_embeds).sample
+        denoised = consistency_function(
+            out,
+            z,
+            t,
+            alphas_cumprod,
+            sigma_data=sigma_data,
+            timestep_scaling=timestep_scaling,
+            prediction_type=prediction_type,
+        )
+        if i < len(timesteps) - 1:
+            a_next = append_dims(alphas_cumprod[timesteps[i + 1]], z.ndim).to(dtype)
+            noise = randn_tensor(z.shape, generator=generator, device=device, dtype=dtype)
+            z = a_next.sqrt() * denoised + (1 - a_next).sqrt() * noise
+    return denoised
+
+
+# --------------------------------------------------------------------------------------------
+# A saved consistency pipeline: write, load, generate
+# --------------------------------------------------------------------------------------------
+
+
+def save_consistency_pipeline(
+    student_unet: nn.Module,
+    teacher_dir: str | Path,
+    out_dir: str | Path,
+    k: int,
+    *,
+    timestep_scaling: float = 10.0,
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a ``LatentConsistencyModelPipeline`` directory: student UNet + the teacher's parts.
+
+    vae, text_encoder and tokenizer come from the teacher's ``StableDiffusionPipeline``
+    directory; the scheduler is an ``LCMScheduler`` on the teacher's noise schedule with
+    ``original_inference_steps = T / k``; no safety checker or feature extractor. Weights are
+    safetensors. ``metadata`` (solver, k, training provenance) lands in ``llcm.json``. The
+    directory is written next to ``out_dir`` and moved into place when complete.
+    """
+    from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
+    if not (teacher_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"teacher pipeline {teacher_dir} has no model_index.json")
+    if student_unet.config.get("time_cond_proj_dim") is None:
+        raise ValueError("the student UNet has no guidance projection (time_cond_proj_dim)")
+    sched = json.loads((teacher_dir / "scheduler" / "scheduler_config.json").read_text())
+    T = int(sched.get("num_train_timesteps", 1000))
+    if k < 1 or T % k:
+        raise ValueError(f"skip k={k} must be a positive divisor of num_train_timesteps={T}")
+    scheduler = LCMScheduler(
+        num_train_timesteps=T,
+        beta_start=sched.get("beta_start", 0.00085),
+        beta_end=sched.get("beta_end", 0.012),
+        beta_schedule=sched.get("beta_schedule", "scaled_linear"),
+        trained_betas=sched.get("trained_betas"),
+        prediction_type=sched.get("prediction_type", "epsilon"),
+        rescale_betas_zero_snr=sched.get("rescale_betas_zero_snr", False),
+        original_inference_steps=T // k,
+        timestep_scaling=timestep_scaling,
+        clip_sample=False,
+        set_alpha_to_one=True,
+    )
+    pipe = LatentConsistencyModelPipeline(
+        vae=AutoencoderKL.from_pretrained(teacher_dir / "vae", use_safetensors=True),
+        text_encoder=CLIPTextModel.from_pretrained(
+            teacher_dir / "text_encoder", use_safetensors=True
+        ),
+        tokenizer=CLIPTokenizer.from_pretrained(teacher_dir / "tokenizer"),
+        unet=student_unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    pipe.save_pretrained(partial, safe_serialization=True)
+    meta = {"k": k, "original_inference_steps": T // k, "timestep_scaling": timestep_scaling}
+    meta.update(metadata or {})
+    (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    partial.rename(out_dir)
+    return out_dir
+
+
+@dataclass
+class ConsistencyPipeline:
+    """The parts of a saved consistency pipeline that :func:`generate` needs."""
+
+    path: Path
+    unet: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    alphas_cumprod: Tensor
+    original_steps: int
+    timestep_scaling: float
+    prediction_type: str
+    metadata: dict[str, Any]
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+def load_consistency_pipeline(
+    path: str | Path, device: str | torch.device | None = None
+) -> ConsistencyPipeline:
+    """Load a directory written by :func:`save_consistency_pipeline` (or any LCM pipeline).
+
+    ``device`` defaults to CUDA when available. Noise is always drawn on the CPU
+    (:func:`generate`), so a seed gives the same images on any device up to kernel numerics.
+    """
+    from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path} is not a saved pipeline directory (no model_index.json)")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    unet = UNet2DConditionModel.from_pretrained(path / "unet", use_safetensors=True)
+    if unet.config.get("time_cond_proj_dim") is None:
+        raise ValueError(f"{path} is not a consistency model: its UNet has no time_cond_proj_dim")
+    vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True)
+    scheduler = LCMScheduler.from_pretrained(path / "scheduler")
+    meta_file = path / METADATA_FILE
+    return ConsistencyPipeline(
+        path=path,
+        unet=unet.to(device).eval(),
+        vae=vae.to(device).eval(),
+        text_encoder=text_encoder.to(device).eval(),
+        tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
+        alphas_cumprod=scheduler.alphas_cumprod,
+        original_steps=int(scheduler.config.original_inference_steps),
+        timestep_scaling=float(scheduler.config.timestep_scaling),
+        prediction_type=scheduler.config.prediction_type,
+        metadata=json.loads(meta_file.read_text()) if meta_file.is_file() else {},
+    )
+
+
+@torch.no_grad()
+@torch.no_grad()
+def generate(
+    pipe: ConsistencyPipeline,
+    prompts: str | Sequence[str],
+    *,
+    steps: int = 4,
+    guidance_scale: float = 4.0,
+    seed: int = 0,
+    num_images: int = 1,
+    height: int | None = None,
+    width: int | None = None,
+) -> tuple[list[Any], Tensor]:
+    """Images for ``prompts`` (``num_images`` each, prompt-major) and their latents.
+
+    Returns (PIL images, denoised latents). ``guidance_scale`` is diffusers' (w + 1); the same
+    seed gives the same images, as ``LatentConsistencyModelPipeline`` with the same generator.
+    """
+    from PIL import Image
+
+    if not 1 <= steps <= pipe.original_steps:
+        raise ValueError(
+            f"steps must be between 1 and {pipe.original_steps} (original_inference_steps of "
+            f"{pipe.path}), got {steps}"
+        )
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    unet_param = next(pipe.unet.parameters())
+    embeds = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
+    embeds = embeds.to(unet_param.device, unet_param.dtype).repeat_interleave(num_images, dim=0)
+    f = pipe.vae_scale_factor
+    default = pipe.unet.config.sample_size * f
+    size = ((height or default) // f, (width or default) // f)
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    latents = consistency_sample(
+        pipe.unet,
+        embeds,
+        steps,
+        guidance_scale - 1.0,
+        generator,
+        alphas_cumprod=pipe.alphas_cumprod,
+        original_steps=pipe.original_steps,
+        latent_size=size,
+        timestep_scaling=pipe.timestep_scaling,
+        prediction_type=pipe.prediction_type,
+    )
+    pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+    images = [Image.fromarray((p * 255).round().astype("uint8")) for p in pixels]
+    return images, latents
