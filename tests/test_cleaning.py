@@ -21,7 +21,8 @@ from ops.data.cleaning.checks import (
     schema_problems,
     split_problems,
 )
-from ops.data.cleaning.decode import Rejected, decode
+from ops.data.cleaning.decode import decode
+from ops.data.cleaning.decoded import Rejected
 from ops.data.cleaning.items import Outcome
 from ops.data.cleaning.split import assign_splits
 from ops.data.cleaning.tables import MANIFEST_COLUMNS, read_tables

@@ -10,7 +10,7 @@ EMPTY_FILE = "empty_file"  # zero bytes
 NOT_AN_IMAGE = "not_an_image"  # text notes, CSVs that label nothing, system junk
 TRUNCATED = "truncated"  # a recognised image whose data ends early
 CORRUPT_IMAGE = "corrupt_image"  # a recognised image format that does not decode
-UNSUPPORTED_FORMAT = "unsupported_format"  # e.g. compressed DICOM without a codec
+UNSUPPORTED_FORMAT = "unsupported_format"  # no decoder: a DICOM transfer syntax, NIfTI pairs
 DEGENERATE_SIZE = "degenerate_size"  # under 8 px a side, or too elongated to crop a square
 DECOMPRESSION_BOMB = "decompression_bomb"  # more pixels than ingest.max_image_pixels
 FILE_TOO_LARGE = "file_too_large"  # more bytes than ingest.max_file_bytes (also zip members)
@@ -24,6 +24,8 @@ LABEL_FILE = "label_file"  # a CSV that was read for labels (consumed, not an im
 UNLABELLED = "unlabelled"  # an image no class folder or label CSV names
 UNREADABLE = "unreadable"  # listed in the raw index but cannot be opened (vanished, permissions)
 EXCLUDED = "excluded"  # matches the source's ``exclude`` patterns (e.g. segmentation masks)
+EMPTY_VOLUME = "empty_volume"  # every frame or slice of a multi-frame file or volume is one grey
+BURNED_IN_ANNOTATION = "burned_in_annotation"  # DICOM BurnedInAnnotation YES: text in the pixels
 
 ALL = (
     EMPTY_FILE,
@@ -44,4 +46,6 @@ ALL = (
     UNLABELLED,
     UNREADABLE,
     EXCLUDED,
+    EMPTY_VOLUME,
+    BURNED_IN_ANNOTATION,
 )

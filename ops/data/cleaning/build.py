@@ -21,7 +21,10 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from ops.data.cleaning.decoded import DecodeOptions
+from ops.data.cleaning.frames import FramePolicy
 from ops.data.cleaning.items import Outcome, WorkItem, enumerate_source
+from ops.data.cleaning.nifti import axis_index
 from ops.data.pool import process_pool
 from ops.data.cleaning.report import class_table, sample_grid
 from ops.data.cleaning.split import assign_splits, deduplicate
@@ -51,9 +54,25 @@ def settings_from(cfg: dict[str, Any], staging: Path) -> DecodeSettings:
     return DecodeSettings(
         resolution=int(cfg["resolution"]),
         jpeg_quality=int(cfg.get("jpeg_quality", 95)),
-        max_image_pixels=int(cfg["max_image_pixels"]),
         max_file_bytes=int(cfg.get("max_file_bytes", DEFAULT_MAX_FILE_BYTES)),
         staging=str(staging),
+        decode=decode_options_from(cfg),
+    )
+
+
+def decode_options_from(cfg: dict[str, Any]) -> DecodeOptions:
+    """The decoding part of ``ingest:``; absent keys take the documented defaults."""
+    low, high = (float(p) for p in cfg.get("nifti_percentiles", (1.0, 99.0)))
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"ingest.nifti_percentiles [{low}, {high}] is not 0 <= low < high <= 100")
+    return DecodeOptions(
+        max_pixels=int(cfg["max_image_pixels"]),
+        frames=FramePolicy(
+            str(cfg.get("frame_policy", "middle")), int(cfg.get("frame_every_k", 4))
+        ),
+        nifti_axis=axis_index(cfg.get("nifti_axis", "axial")),
+        nifti_percentiles=(low, high),
+        reject_burned_in=bool(cfg.get("reject_burned_in_annotation", True)),
     )
 
 
@@ -109,9 +128,10 @@ def decode_all(items: list[WorkItem], settings: DecodeSettings, workers: int) ->
                 progress.update(len(chunk))
             return outcomes
         with process_pool(min(workers, len(chunks)), "ops.data.cleaning.worker") as pool:
-            for result in pool.map(process_chunk, chunks, repeat(settings)):
-                outcomes += result
-                progress.update(len(result))
+            results = pool.map(process_chunk, chunks, repeat(settings))
+            for chunk, result in zip(chunks, results, strict=True):
+                outcomes += result  # a file may give several frames: progress counts files
+                progress.update(len(chunk))
     return outcomes
 
 
@@ -128,7 +148,7 @@ def clean_raw(
     items, early = enumerate_all(layout, index, specs, settings.max_file_bytes)
     workers = int(workers if workers is not None else cfg.get("workers", 1))
     outcomes = early + decode_all(items, settings, workers)
-    outcomes.sort(key=lambda o: (o.source, o.source_file))
+    outcomes.sort(key=lambda o: o.key)
     kept, duplicate_pairs = deduplicate(outcomes)
     splits = assign_splits(
         kept, float(cfg["test_fraction"]), int(cfg["max_train_per_class"]), int(cfg["seed"])
@@ -146,7 +166,8 @@ def clean_raw(
     _swap_into_place(build, layout.medimgs, layout.tmp / "medimgs-old")
     shutil.rmtree(staging, ignore_errors=True)
     grid = sample_grid(manifest, layout.root, layout.medimgs / GRID_NAME)
-    return summarize(layout, manifest, rejects, duplicates, len(outcomes), grid)
+    accounted = len({(o.source, o.source_file) for o in outcomes})
+    return summarize(layout, manifest, rejects, duplicates, accounted, grid)
 
 
 def summarize(

@@ -81,20 +81,32 @@ def expected_keys(layout: DataLayout, index: pd.DataFrame) -> set[tuple[str, str
 def accounting_problems(
     layout: DataLayout, manifest: pd.DataFrame, rejects: pd.DataFrame, duplicates: pd.DataFrame
 ) -> list[str]:
-    """Every raw file and archive member lands in exactly one of kept, duplicate, rejected."""
+    """Every raw file and archive member lands in exactly one place: one row of rejects, or
+    one or more kept frames, each frame once, in the manifest or the duplicates table.
+
+    A 2D image is one frame, so for it this is "exactly one of kept, duplicate, rejected";
+    a volume whose slices are kept is accounted for by those slices (each its own image)."""
     index = pd.read_parquet(layout.raw_index)
-    counts: Counter[tuple[str, str]] = Counter()
-    for frame in (manifest, rejects, duplicates):
-        counts.update(zip(frame["source"], frame["source_file"], strict=True))
+    rejected = Counter(zip(rejects["source"], rejects["source_file"], strict=True))
+    frames: Counter[tuple[str, str, int]] = Counter()
+    for frame in (manifest, duplicates):
+        frame_index = frame["frame_index"] if "frame_index" in frame else [0] * len(frame)
+        frames.update(zip(frame["source"], frame["source_file"], frame_index, strict=True))
+    kept = {(s, f) for s, f, _ in frames}
     expected = expected_keys(layout, index)
     problems = []
-    repeated = [f"{s}:{f}" for (s, f), n in counts.items() if n > 1]
-    if repeated:
-        problems.append(f"{len(repeated)} files are in more than one table: {_listing(repeated)}")
-    missing = [f"{s}:{f}" for s, f in expected - set(counts)]
+    twice = [f"{s}:{f}" for (s, f), n in rejected.items() if n > 1]
+    twice += [f"{s}:{f} frame {i}" for (s, f, i), n in frames.items() if n > 1]
+    if twice:
+        problems.append(f"{len(twice)} files or frames are listed twice: {_listing(twice)}")
+    both = [f"{s}:{f}" for s, f in kept & set(rejected)]
+    if both:
+        problems.append(f"{len(both)} files are both rejected and kept: {_listing(both)}")
+    accounted = kept | set(rejected)
+    missing = [f"{s}:{f}" for s, f in expected - accounted]
     if missing:
         problems.append(f"{len(missing)} raw files are in no table: {_listing(missing)}")
-    extra = [f"{s}:{f}" for s, f in set(counts) - expected]
+    extra = [f"{s}:{f}" for s, f in accounted - expected]
     if extra:
         problems.append(f"{len(extra)} table rows match no raw file: {_listing(extra)}")
     return problems

@@ -43,7 +43,9 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one raw file or member: kept (``reason`` None) or rejected."""
+    """What became of one raw file or member, or of one frame of it: kept (``reason`` None)
+    or rejected. A rejection covers the whole file (no frame); a file that is kept gives one
+    Outcome per kept frame or slice, told apart by ``frame_index``."""
 
     source: str
     source_file: str
@@ -54,6 +56,13 @@ class Outcome:
     orig_width: int | None = None
     orig_height: int | None = None
     labels: ClassLabels | None = None
+    frame_index: int = 0  # frame or slice of a multi-frame file or volume (0 for 2D images)
+    frame_count: int = 1  # frames or slices the file holds
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """The order of outcomes: by file, then by frame."""
+        return (self.source, self.source_file, self.frame_index)
 
 
 @dataclass(frozen=True)

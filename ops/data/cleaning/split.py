@@ -1,9 +1,11 @@
 """Deduplicate kept images by content and split them into train and test, deterministically.
 
-Order is everything: outcomes are sorted by (source, source_file) before deduplication, so the
-first file of a set of identical pictures is kept whatever order workers finished in. The split
-ranks each class's images by a seeded hash of their image id: adding or removing one image
-moves no other image between splits, and the same seed gives the same split.
+Order is everything: outcomes are sorted by (source, source_file, frame_index) before
+deduplication, so the first file of a set of identical pictures is kept whatever order workers
+finished in. The split ranks each class's files by a seeded hash of their first image id:
+adding or removing one file moves no other file between splits, and the same seed gives the
+same split. The frames of one file (slices of one volume, one patient) always share a split:
+slices of one scan on both sides would let the test set leak into training.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def deduplicate(outcomes: Iterable[Outcome]) -> tuple[list[Outcome], list[tuple[
     """Kept outcomes with unique image ids, and (duplicate, the kept original) pairs."""
     first: dict[str, Outcome] = {}
     duplicates = []
-    for outcome in sorted(outcomes, key=lambda o: (o.source, o.source_file)):
+    for outcome in sorted(outcomes, key=lambda o: o.key):
         if outcome.reason is not None or outcome.image_id is None:
             continue
         original = first.setdefault(outcome.image_id, outcome)
@@ -43,17 +45,24 @@ def n_test_images(n: int, test_fraction: float) -> int:
 def assign_splits(
     kept: Iterable[Outcome], test_fraction: float, max_train_per_class: int, seed: int
 ) -> dict[str, str]:
-    """image_id -> "train" | "test". Per class: the lowest-ranked ``n_test_images`` images go to
-    test; of the rest, those ranked beyond ``max_train_per_class`` overflow to test too."""
-    by_class: dict[str, list[str]] = defaultdict(list)
+    """image_id -> "train" | "test". Per class, files (with all their kept frames) are ranked;
+    those starting before ``n_test_images`` images go to test, of the rest those starting
+    beyond ``max_train_per_class`` train images overflow to test too. With one frame per
+    file this is a ranking of images."""
+    by_class: dict[str, dict[tuple[str, str], list[str]]] = defaultdict(lambda: defaultdict(list))
     for outcome in kept:
         assert outcome.labels is not None and outcome.image_id is not None
-        by_class[outcome.labels.class_name].append(outcome.image_id)
+        by_class[outcome.labels.class_name][(outcome.source, outcome.source_file)].append(
+            outcome.image_id
+        )
     splits: dict[str, str] = {}
-    for ids in by_class.values():
-        ranked = sorted(ids, key=lambda iid: split_rank(seed, iid))
-        n_test = n_test_images(len(ranked), test_fraction)
-        for pos, iid in enumerate(ranked):
+    for files in by_class.values():
+        groups = sorted(files.values(), key=lambda ids: split_rank(seed, min(ids)))
+        n_test = n_test_images(sum(len(ids) for ids in groups), test_fraction)
+        pos = 0
+        for ids in groups:
             in_train = n_test <= pos < n_test + max_train_per_class
-            splits[iid] = "train" if in_train else "test"
+            for iid in ids:
+                splits[iid] = "train" if in_train else "test"
+            pos += len(ids)
     return splits

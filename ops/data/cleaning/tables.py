@@ -28,6 +28,8 @@ MANIFEST_COLUMNS: dict[str, str] = {
     "source": "string",
     "source_file": "string",  # relative to raw/<source>/; "a.zip!member" for archive members
     "source_format": "string",  # sniffed from content, not from the file name
+    "frame_index": "int64",  # frame of a multi-frame DICOM or slice of a volume; 0 for 2D
+    "frame_count": "int64",  # frames or slices the raw file holds (1 for 2D)
     "holdout": "bool",  # held-out family: base training must filter it out
 }
 REJECT_COLUMNS: dict[str, str] = {
@@ -43,6 +45,7 @@ DUPLICATE_COLUMNS: dict[str, str] = {
     "class_name": "string",  # the duplicate's own class
     "same_class": "bool",  # False: the same pixels under two labels (worth a look)
     "source_format": "string",
+    "frame_index": "int64",  # which frame of the raw file repeats the kept image
 }
 
 
@@ -79,6 +82,8 @@ def manifest_frame(
                 "source": o.source,
                 "source_file": o.source_file,
                 "source_format": o.source_format,
+                "frame_index": o.frame_index,
+                "frame_count": o.frame_count,
                 "holdout": labels.holdout,
             }
         )
@@ -108,10 +113,11 @@ def duplicates_frame(pairs: Iterable[tuple[Outcome, Outcome]]) -> pd.DataFrame:
                 "class_name": dup.labels.class_name,
                 "same_class": dup.labels.class_name == original.labels.class_name,
                 "source_format": dup.source_format,
+                "frame_index": dup.frame_index,
             }
         )
     frame = pd.DataFrame(rows, columns=list(DUPLICATE_COLUMNS)).astype(DUPLICATE_COLUMNS)
-    return frame.sort_values(["source", "source_file"], ignore_index=True)
+    return frame.sort_values(["source", "source_file", "frame_index"], ignore_index=True)
 
 
 def read_tables(layout: DataLayout) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

@@ -1,6 +1,9 @@
 """The per-file work of cleaning, run in worker processes: read (size-bounded, links refused),
 sniff, decode, normalise, hash, stage the JPEG under its content id.
 
+A file gives one Outcome when it is rejected, and one per kept frame otherwise (a multi-frame
+DICOM or a volume may keep several slices, each its own image with its ``frame_index``).
+
 Workers only write into the staging folder, one file per image id (written under a temporary
 name and renamed, so two workers staging the same pixels cannot interleave). Everything else
 is returned as an Outcome for the parent to order, deduplicate and split deterministically.
@@ -15,27 +18,32 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ops.data import reasons
-from ops.data.cleaning.decode import Rejected, decode
+from ops.data.cleaning.decode import decode
+from ops.data.cleaning.decoded import DecodeOptions, Rejected
 from ops.data.cleaning.items import Outcome, WorkItem
 from ops.data.cleaning.normalize import fit_square, image_id, jpeg_bytes
 from ops.data.sources.labels import split_source_file
-from ops.data.sources.sniff import HEAD_BYTES, IMAGE_FORMATS, guess_format
+from ops.data.sources.sniff import HEAD_BYTES, IMAGE_FORMATS, UNSUPPORTED_IMAGE_FORMATS, guess_format
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
     resolution: int
     jpeg_quality: int
-    max_image_pixels: int
     max_file_bytes: int
     staging: str  # folder for <image_id>.jpg
+    decode: DecodeOptions  # pixel limit, frame policy, NIfTI slicing, burned-in annotations
+
+    @property
+    def max_image_pixels(self) -> int:
+        return self.decode.max_pixels
 
 
 def process_chunk(items: list[WorkItem], settings: DecodeSettings) -> list[Outcome]:
     """Process items that share an archive (or none), opening the archive once."""
     archives: dict[str, zipfile.ZipFile] = {}
     try:
-        return [_process_one(item, settings, archives) for item in items]
+        return [o for item in items for o in _process_one(item, settings, archives)]
     finally:
         for zf in archives.values():
             zf.close()
@@ -43,16 +51,15 @@ def process_chunk(items: list[WorkItem], settings: DecodeSettings) -> list[Outco
 
 def _process_one(
     item: WorkItem, settings: DecodeSettings, archives: dict[str, zipfile.ZipFile]
-) -> Outcome:
+) -> list[Outcome]:
     try:
         data = read_item(item, settings.max_file_bytes, archives)
         return decode_item(item, data, settings)
     except Rejected as rej:
-        return Outcome(item.source, item.source_file, rej.reason, rej.detail)
+        return [Outcome(item.source, item.source_file, rej.reason, rej.detail)]
     except Exception as exc:  # whatever a hostile file does, it costs one rejection only
-        return Outcome(
-            item.source, item.source_file, reasons.CORRUPT_IMAGE, f"{type(exc).__name__}: {exc}"
-        )
+        detail = f"{type(exc).__name__}: {exc}"
+        return [Outcome(item.source, item.source_file, reasons.CORRUPT_IMAGE, detail)]
 
 
 def read_item(item: WorkItem, max_bytes: int, archives: dict[str, zipfile.ZipFile]) -> bytes:
@@ -87,31 +94,47 @@ def read_file_nofollow(path: str, limit: int) -> bytes:
         return fh.read(limit)
 
 
-def decode_item(item: WorkItem, data: bytes, settings: DecodeSettings) -> Outcome:
+def decode_item(item: WorkItem, data: bytes, settings: DecodeSettings) -> list[Outcome]:
+    """The kept frames of one file, in frame order; raises Rejected for the whole file."""
     name = PurePosixPath(split_source_file(item.source_file)[-1] or item.source_file).name
     fmt = guess_format(data[:HEAD_BYTES], name, len(data))
     if fmt == "empty":
         raise Rejected(reasons.EMPTY_FILE)
     if fmt == "zip":
         raise Rejected(reasons.NESTED_ARCHIVE, "archives inside archives are not expanded")
+    if fmt in UNSUPPORTED_IMAGE_FORMATS:
+        raise Rejected(reasons.UNSUPPORTED_FORMAT, UNSUPPORTED_DETAIL.get(fmt, fmt))
     if fmt not in IMAGE_FORMATS:
         raise Rejected(reasons.NOT_AN_IMAGE, f"content is {fmt}")
-    decoded = decode(data, fmt, settings.max_image_pixels)
-    check_shape(decoded.width, decoded.height)
+    decoded = decode(data, fmt, settings.decode)
+    for frame in decoded.frames:
+        check_shape(*frame.image.size)
     if item.labels is None:
         raise Rejected(reasons.UNLABELLED, f"a {fmt} image no class folder or label CSV names")
-    square = fit_square(decoded.image, settings.resolution)
-    iid = image_id(square)
-    stage_jpeg(Path(settings.staging), iid, jpeg_bytes(square, settings.jpeg_quality))
-    return Outcome(
-        item.source,
-        item.source_file,
-        image_id=iid,
-        source_format=fmt,
-        orig_width=decoded.width,
-        orig_height=decoded.height,
-        labels=item.labels,
-    )
+    outcomes = []
+    for frame in decoded.frames:
+        square = fit_square(frame.image, settings.resolution)
+        iid = image_id(square)
+        stage_jpeg(Path(settings.staging), iid, jpeg_bytes(square, settings.jpeg_quality))
+        outcomes.append(
+            Outcome(
+                item.source,
+                item.source_file,
+                image_id=iid,
+                source_format=fmt,
+                orig_width=decoded.width,
+                orig_height=decoded.height,
+                labels=item.labels,
+                frame_index=frame.index,
+                frame_count=decoded.frame_count,
+            )
+        )
+    return outcomes
+
+
+UNSUPPORTED_DETAIL = {
+    "nifti_pair": "header of a NIfTI .hdr/.img pair: pairs are not read, convert them to .nii",
+}
 
 
 MIN_SIDE = 8
