@@ -1,6 +1,6 @@
 """A small MedImgs of phantoms for the audit tests, and the edits a copier would make.
 
-Phantoms (``ops.sources.phantoms.draw_phantom``) differ as real images do: pose, size,
+Phantoms (``ops.data.sources.phantoms.draw_phantom``) differ as real images do: pose, size,
 intensity, texture and noise vary within a class, and each family's healthy and diseased
 classes look alike. Stored as ingestion stores them: 64x64 RGB JPEG (quality 95) under
 ``medimgs/images/<split>/<class>/`` with a manifest.
@@ -14,8 +14,8 @@ import numpy as np
 from metric_fixtures import save_image, write_manifest
 from PIL import Image, ImageOps
 
+from ops.data.sources.phantoms import draw_phantom
 from ops.layout import DataLayout
-from ops.sources.phantoms import draw_phantom
 
 CLASSES = (
     "chest_xray_normal",
