@@ -14,7 +14,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 # pip's own failure must fail the build; only this machine's index-location warnings are hidden.
 QUIET_PIP = set -o pipefail; 2>&1 $(1)/pip install $(PIP_QUIET) $(2) | { grep -v 'is ignored' || true; }
 
-.PHONY: env run test lint bench clean-data ui
+.PHONY: env run test experiments lint bench clean-data ui
 
 env: $(STAMP) $(DVC)
 
@@ -39,8 +39,16 @@ $(DVC):
 # on a 2-core machine the distillations run in pairs; the benchmark runs last, alone.
 run: env
 	mkdir -p $(DAGSTER_HOME)
-	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select '* and not key:benchmark_cells and not key:champion_benchmark'
+	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select '* and not key:benchmark_cells and not key:champion_benchmark and not group:privacy'
 	$(BIN)/llcm report
+
+# The studies past make run's 30-minute budget, on the models make run trained (run it first):
+# utility (train on synthetic, test on real) and the memorisation audit; the Dagster job
+# `experiments_job` is the same selection.
+experiments: env
+	mkdir -p $(DAGSTER_HOME)
+	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select 'group:privacy'
+	$(BIN)/llcm utility --show
 
 test: env
 	PATH=$(CURDIR)/$(DVC_VENV)/bin:$$PATH $(BIN)/pytest -q; rc=$$?; \

@@ -27,5 +27,14 @@ weekly_champion_benchmark = dg.ScheduleDefinition(
     description="Weekly FID re-benchmark of models:/<name>@champion (Monday 03:00 UTC).",
 )
 
-jobs = [champion_benchmark_job]
+experiments_job = dg.define_asset_job(
+    "experiments_job",
+    selection=dg.AssetSelection.groups("privacy"),
+    description=(
+        "The studies outside make run's budget: train-on-synthetic utility and the "
+        "memorisation audit of every privacy.models model (make experiments)."
+    ),
+)
+
+jobs = [champion_benchmark_job, experiments_job]
 schedules = [weekly_champion_benchmark]

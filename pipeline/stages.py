@@ -29,6 +29,8 @@ STAGES: dict[str, str] = {
     "domain_classifier": "ops.eval.classifier:build_domain_classifier",
     "dreambooth": "ops.baselines.dreambooth_stage:build_dreambooth",
     "benchmark": "ops.eval.runner:build_benchmark",
+    "utility": "ops.privacy.stages:build_utility",
+    "privacy_audit": "ops.privacy.stages:build_privacy_audit",
 }
 
 

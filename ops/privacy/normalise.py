@@ -26,6 +26,7 @@ set (``threshold``) accounts for the variants' extra chances.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -70,6 +71,11 @@ class PixelSpec:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> PixelSpec:
+        """The spec that a ``privacy:`` params section sets; other keys are ignored."""
+        return cls(**{k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg})
 
 
 def grey(image: Image.Image) -> Array:

@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pipeline.commands.common import add_config_args, config_from_args
+from ops.config import add_config_args, config_from_args
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{folder} is not a directory")
     cfg = params.get("privacy") or {}  # optional section; the defaults are PixelSpec's
     percentile = args.percentile if args.percentile is not None else cfg.get("percentile", 1.0)
-    spec = PixelSpec(**{k: cfg[k] for k in ("size", "max_shift", "blur", "mirror") if k in cfg})
+    spec = PixelSpec.from_config(cfg)
     out = Path(args.out)
     pairs = Path(args.pairs) if args.pairs else None
     bank = train_bank(layout, spec)
