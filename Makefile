@@ -39,15 +39,17 @@ $(DVC):
 # on a 2-core machine the distillations run in pairs; the benchmark runs last, alone.
 run: env
 	mkdir -p $(DAGSTER_HOME)
-	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select '* and not key:benchmark_cells and not key:champion_benchmark and not group:privacy'
+	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select '* and not key:benchmark_cells and not key:champion_benchmark and not group:privacy and not group:distill_ablation'
 	$(BIN)/llcm report
 
 # The studies past make run's 30-minute budget, on the models make run trained (run it first):
-# utility (train on synthetic, test on real) and the memorisation audit; the Dagster job
-# `experiments_job` is the same selection.
+# the skip-k ablation students (Fig. 3) and their benchmark cells, utility (train on synthetic,
+# test on real) and the memorisation audit; the Dagster job `experiments_job` is the same
+# selection. The benchmark reruns only the cells that are new or stale.
 experiments: env
 	mkdir -p $(DAGSTER_HOME)
-	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select 'group:privacy'
+	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select 'group:distill_ablation or group:privacy or key:benchmark'
+	$(BIN)/llcm report
 	$(BIN)/llcm utility --show
 
 test: env

@@ -29,10 +29,12 @@ weekly_champion_benchmark = dg.ScheduleDefinition(
 
 experiments_job = dg.define_asset_job(
     "experiments_job",
-    selection=dg.AssetSelection.groups("privacy"),
+    selection=dg.AssetSelection.groups("distill_ablation", "privacy")
+    | dg.AssetSelection.assets("benchmark"),
     description=(
-        "The studies outside make run's budget: train-on-synthetic utility and the "
-        "memorisation audit of every privacy.models model (make experiments)."
+        "The studies outside make run's budget (make experiments): the skip-k ablation "
+        "students and their benchmark cells, train-on-synthetic utility and the memorisation "
+        "audit of every privacy.models model."
     ),
 )
 
