@@ -27,7 +27,7 @@ from assets._tracking import run_training
 from assets.metadata import picture
 from ops.config import load_params
 from ops.distill.ablation import ablation_models
-from ops.eval.plan import grid_cells, plan
+from ops.eval.plan import plan
 from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
 
@@ -68,14 +68,14 @@ def with_tracking(params: dict[str, Any], mlflow: MlflowResource) -> dict[str, A
 
 def cell_markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| class | FID | KID | n | class fidelity | s/image |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| class | FID [95% CI] | KID [95% CI] | n | n_ref | class fidelity | s/image |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        kid = r.get("kid")
         lines.append(
-            f"| {r['class_name']} | {r['fid']:.3f} | {'–' if kid is None else f'{kid:.4f}'} | "
-            f"{r['n']} | {r['class_fidelity']:.1%} | {r['seconds_per_image']:.4f} |"
+            f"| {r['class_name']} | {r['fid']:.3f} [{r['fid_lo']:.3f}, {r['fid_hi']:.3f}] | "
+            f"{r['kid']:.4f} [{r['kid_lo']:.4f}, {r['kid_hi']:.4f}] | {r['n']} | {r['n_ref']} | "
+            f"{r['class_fidelity']:.1%} | {r['seconds_per_image']:.4f} |"
         )
     return "\n".join(lines)
 
@@ -85,20 +85,20 @@ def cell_markdown(rows: list[dict[str, Any]]) -> str:
     deps=UPSTREAM,
     group_name="benchmark",
     kinds={"pytorch", "parquet"},
-    description="One benchmark cell (model x steps over the evaluated classes): FID, KID, n, "
-    "class fidelity, seconds per image; reports/cells/<model>__<steps>.parquet.",
+    description="One benchmark cell (model x steps over every evaluated class): FID, KID, class "
+    "fidelity with 95% intervals, n, n_ref, seconds per image; "
+    "reports/cells/<model>__<steps>.parquet and reports/features/<model>__<steps>.npz.",
 )
 def benchmark_cells(
     context: dg.AssetExecutionContext, params: ParamsResource, data: DataResource
 ) -> dg.MaterializeResult:
     from ops.eval.cells import run_cell
-    from ops.eval.context import POOLED, benchmark_config, cell_path
+    from ops.eval.context import POOLED, cell_path
 
     keys = context.partition_key.keys_by_dimension
     model, steps = keys["model"], int(keys["steps"])
     loaded = params.load()
-    cfg = benchmark_config(loaded)
-    if (model, steps) not in grid_cells([model], [int(s) for s in cfg["steps"]]):
+    if (model, steps) not in plan(loaded, [model]):
         context.log.info(f"{model} at {steps} steps is not a cell of the grid: nothing to do")
         return dg.MaterializeResult(metadata={"status": "not a grid cell"})
     rows = run_cell(model, steps, loaded, data.layout)
@@ -114,7 +114,9 @@ def benchmark_cells(
     metadata.update(
         {
             "fid": float(pooled["fid"]),
-            "kid": float(pooled["kid"]) if pooled["kid"] is not None else float("nan"),
+            "fid_lo": float(pooled["fid_lo"]),
+            "fid_hi": float(pooled["fid_hi"]),
+            "kid": float(pooled["kid"]),
             "n": int(pooled["n"]),
             "class_fidelity": float(pooled["class_fidelity"]),
             "seconds_per_image": float(pooled["seconds_per_image"]),

@@ -1,7 +1,9 @@
 """Asset ``champion_benchmark``: the registry's champion re-measured (weekly, by the schedule in
-``pipeline.schedules``), and the check ``champion_fid_regression`` that fails when its pooled
-FID got worse than the previous run's by more than ``benchmark.fid_regression_tolerance``
-(relative). History: ``reports/champion_history.parquet``."""
+``pipeline.schedules``), and the check ``champion_fid_regression`` that fails when its FID
+exceeds the pinned baseline of the same evaluation fingerprint by more than
+``benchmark.champion_tolerance_sd`` measured seed-to-seed standard deviations, or when nothing
+was measured (``ops.eval.champion``). History: ``reports/champion_history.parquet``; pinned
+baselines: ``reports/champion_baseline.parquet``."""
 
 import dagster as dg
 
@@ -53,31 +55,32 @@ def champion_benchmark(
 
 @dg.asset_check(
     asset=champion_benchmark,
-    description="Pooled FID of the latest champion run within benchmark.fid_regression_tolerance "
-    "(relative) of the previous run, per model and step count.",
+    description="FID of the latest champion run within champion_tolerance_sd seed-to-seed sds "
+    "of the pinned baseline with the same evaluation fingerprint; fails if nothing was measured.",
 )
 def champion_fid_regression(params: ParamsResource, data: DataResource) -> dg.AssetCheckResult:
-    from ops.eval.champion import read_history, regressions
+    from ops.eval.champion import read_baseline, read_history, regressions
     from ops.eval.context import benchmark_config
 
-    tolerance = float(benchmark_config(params.load())["fid_regression_tolerance"])
-    table = regressions(read_history(data.layout), tolerance)
+    tolerance = float(benchmark_config(params.load())["champion_tolerance_sd"])
+    table = regressions(read_history(data.layout), read_baseline(data.layout), tolerance)
     regressed = table[table["regressed"].astype(bool)]
+    if table.empty:
+        description = "nothing was measured in the latest champion run"
+    elif regressed.empty:
+        description = "no regression"
+    else:
+        description = f"FID regressed beyond {tolerance} seed sds: " + ", ".join(
+            f"{r.name}@{r.steps} {r.pinned_fid:.3f}->{r.fid:.3f} (tol {r.tolerance:.3f})"
+            for r in regressed.itertuples()
+        )
     return dg.AssetCheckResult(
-        passed=bool(regressed.empty),
+        passed=bool(regressed.empty and not table.empty),
         severity=dg.AssetCheckSeverity.ERROR,
-        description=(
-            "no regression"
-            if regressed.empty
-            else f"FID regressed beyond {tolerance:.0%}: "
-            + ", ".join(
-                f"{r.name}@{r.steps} {r.previous_fid:.3f}->{r.fid:.3f}"
-                for r in regressed.itertuples()
-            )
-        ),
+        description=description,
         metadata={
-            "tolerance": tolerance,
-            "compared": int(table["previous_fid"].notna().sum()) if not table.empty else 0,
+            "tolerance_sd": tolerance,
+            "compared": int((table["status"] == "compared").sum()) if not table.empty else 0,
             "regressed": len(regressed),
             "comparison": dg.MetadataValue.md(_markdown(table.round(4))),
         },

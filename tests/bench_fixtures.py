@@ -20,8 +20,10 @@ BENCH_OVERRIDES = {
     "models": ["teacher_ddim", "teacher_dpmpp", "teacher_ddim50", "dreambooth", "llcm", "lcm"],
     "steps": [1, 2],
     "generation_batch_size": 4,
+    "model_steps": {},
+    "ablation_steps": None,
+    "headline": {"models": ["llcm"], "steps": [2], "seeds": 2},  # 2 seeds x 2 images
     "grid_samples": 2,
-    "kid_subsets": 10,
     "champion_models": ["llcm"],
     "champion_steps": [1, 2],
 }

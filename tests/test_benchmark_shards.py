@@ -22,7 +22,7 @@ MEASURED = ["fid", "kid", "n", "n_ref", "class_fidelity"]
 
 
 def _units(classes=("a", "b", "c"), per_class=10, batch=4):
-    return cell_units(list(classes), per_class, batch, lambda name, b: hash((name, b)) % 1000)
+    return cell_units(list(classes), per_class, batch, lambda name, r, b: hash((name, r, b)) % 1000)
 
 
 def test_units_cover_every_image_once_and_shards_are_disjoint_and_balanced():

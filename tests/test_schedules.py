@@ -10,11 +10,19 @@ import torch
 from bench_fixtures import bench_params, bench_world, linked_layout, write_params
 from dagster_fixtures import asset_resources
 
-from ops.eval.champion import COLUMNS, append_history, read_history, regressions
+from ops.eval.champion import (
+    COLUMNS,
+    append_history,
+    pin_missing,
+    read_baseline,
+    read_history,
+    regressions,
+)
 
 
-def _history(*runs: tuple[str, str, dict[int, float]]) -> pd.DataFrame:
-    """Rows of (run_id, measured_at, {steps: fid}) for model ``llcm``."""
+def _history(*runs: tuple[str, str, dict[int, float]], sd: float = 0.5, fp: str = "e1"):
+    """Rows of (run_id, measured_at, {steps: fid}) for model ``llcm``, seed sd ``sd``, all
+    under the evaluation fingerprint ``fp``."""
     rows = []
     for run_id, at, fids in runs:
         for steps, fid in fids.items():
@@ -29,6 +37,9 @@ def _history(*runs: tuple[str, str, dict[int, float]]) -> pd.DataFrame:
                     "status": "ok",
                     "reason": "",
                     "fid": fid,
+                    "fid_seed_sd": sd,
+                    "seeds": 3,
+                    "eval_fingerprint": fp,
                 }  # fmt: skip
             )
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -50,46 +61,45 @@ def test_weekly_schedule_targets_the_champion_job():
 
 
 # --- the regression rule --------------------------------------------------------------------
-def test_within_tolerance_passes_beyond_fails():
+def _pinned(history: pd.DataFrame, layout) -> pd.DataFrame:
+    first = history[history["run_id"] == history["run_id"].iloc[0]]
+    return pin_missing(layout, first.to_dict("records"))
+
+
+def test_tolerance_comes_from_the_measured_seed_spread(layout):
     history = _history(
-        ("r1", "2026-01-05", {1: 10.0, 4: 5.0}), ("r2", "2026-01-12", {1: 10.9, 4: 5.6})
+        ("r1", "2026-01-05", {1: 10.0, 4: 5.0}), ("r2", "2026-01-12", {1: 11.5, 4: 7.5})
     )
-    table = regressions(history, tolerance=0.10).set_index("steps")
-    assert not table.loc[1, "regressed"]  # +9 %
-    assert table.loc[4, "regressed"]  # +12 %
-    assert table.loc[4, "ratio"] == pytest.approx(1.12)
-    assert not regressions(history, tolerance=0.15)["regressed"].any()
+    pinned = _pinned(history, layout)
+    table = regressions(history, pinned, tolerance_sd=3.0).set_index("steps")
+    tolerance = 3.0 * (2 * 0.5**2) ** 0.5  # 2.12 FID
+    assert table.loc[1, "tolerance"] == pytest.approx(tolerance)
+    assert not table.loc[1, "regressed"]  # +1.5 < 2.12
+    assert table.loc[4, "regressed"]  # +2.5 > 2.12
+    noisy = _history(("r1", "2026-01-05", {4: 5.0}), ("r2", "2026-01-12", {4: 7.5}), sd=1.0)
+    assert not regressions(noisy, read_baseline(layout), 3.0)["regressed"].any()
 
 
-def test_compares_with_the_last_recorded_run_only():
-    history = _history(
-        ("r1", "2026-01-05", {1: 20.0}),
-        ("r2", "2026-01-12", {1: 10.0}),
-        ("r3", "2026-01-19", {1: 12.0}),  # better than r1, but 20 % worse than r2
-    )
-    table = regressions(history.sample(frac=1, random_state=0), tolerance=0.10)
-    assert table["previous_fid"].tolist() == [10.0] and table["regressed"].tolist() == [True]
+def test_only_a_pin_of_the_same_evaluation_fingerprint_counts(layout):
+    old = _history(("r1", "2026-01-05", {1: 10.0}), fp="old-stick")
+    pin_missing(layout, old.to_dict("records"))
+    new = _history(("r2", "2026-01-12", {1: 30.0}), fp="new-stick")  # extractor changed
+    table = regressions(pd.concat([old, new]), read_baseline(layout), 3.0)
+    assert table["status"].tolist() == ["no pinned baseline"] and not table["regressed"].any()
+    pin_missing(layout, new.to_dict("records"))
+    table = regressions(pd.concat([old, new]), read_baseline(layout), 3.0)
+    assert table["status"].tolist() == ["pinned by this run"]
+    assert len(read_baseline(layout)) == 2  # one pin per (name, steps, fingerprint)
 
 
-def test_first_run_and_skipped_runs_do_not_fail():
-    assert not regressions(_history(("r1", "2026-01-05", {1: 10.0})), 0.1)["regressed"].any()
+def test_nothing_measured_gives_an_empty_comparison(layout):
     skipped = _history(("r1", "2026-01-05", {1: 10.0}))
-    skipped.loc[len(skipped)] = [
-        "r2",
-        "2026-01-12",
-        "llcm",
-        "u",
-        None,
-        -1,
-        "skipped",
-        "no champion",
-    ] + [None] * 5
-    table = regressions(skipped, 0.1)
-    assert table["previous_fid"].isna().all() and not table["regressed"].any()
-    assert regressions(pd.DataFrame(columns=COLUMNS), 0.1).empty
+    skipped["status"] = "skipped"
+    assert regressions(skipped, read_baseline(layout), 3.0).empty
+    assert regressions(pd.DataFrame(columns=COLUMNS), read_baseline(layout), 3.0).empty
 
 
-def test_dagster_check_reads_the_history(tmp_path):
+def test_dagster_check_fails_on_regression_and_on_nothing_measured(tmp_path):
     from assets.champion import champion_fid_regression
     from ops.layout import DataLayout
     from pipeline.resources import DataResource, ParamsResource
@@ -98,10 +108,13 @@ def test_dagster_check_reads_the_history(tmp_path):
     params_file = write_params(bench_params(), tmp_path / "params.yaml")
     resources = {"params": ParamsResource(path=str(params_file), preset="micro"),
                  "data": DataResource(root=str(layout.root))}  # fmt: skip
-    history = _history(("r1", "2026-01-05", {1: 10.0}), ("r2", "2026-01-12", {1: 10.5}))
-    append_history(layout, history.to_dict("records"))
-    assert champion_fid_regression(**resources).passed  # +5 % < 10 %
-    append_history(layout, _history(("r3", "2026-01-19", {1: 12.0})).to_dict("records"))
+    assert not champion_fid_regression(**resources).passed  # no history: nothing measured
+    first = _history(("r1", "2026-01-05", {1: 10.0}))
+    append_history(layout, first.to_dict("records"))
+    pin_missing(layout, first.to_dict("records"))
+    append_history(layout, _history(("r2", "2026-01-12", {1: 10.5})).to_dict("records"))
+    assert champion_fid_regression(**resources).passed  # +0.5 < 3 x 0.71
+    append_history(layout, _history(("r3", "2026-01-19", {1: 14.0})).to_dict("records"))
     result = champion_fid_regression(**resources)
     assert not result.passed and "llcm@1" in result.description
     assert len(read_history(layout)) == 3
@@ -137,7 +150,10 @@ def test_champion_benchmark_from_the_registry(tmp_path, tmp_path_factory):
     assert history["run_id"].nunique() == 2
     ok = history[history.status == "ok"]
     assert sorted(ok["steps"].unique()) == [1, 2] and (ok["version"] == "1").all()
-    assert (ok["n"] == 8).all() and ok["fid"].notna().all()
+    assert (ok["seeds"] == 3).all() and ok["fid"].notna().all() and (ok["n"] >= 8).all()
+    assert ok["fid_seed_sd"].notna().all()
+    pinned = read_baseline(layout)
+    assert len(pinned) == 2 and set(pinned["run_id"]) == {history["run_id"].iloc[0]}
     skipped = history[history.name == "not_registered"]
     assert (skipped["status"] == "skipped").all() and skipped["reason"].str.contains(
         "no registered"

@@ -1,17 +1,21 @@
 """One benchmark cell: generate a model's images at one step count and measure them per class.
 
-:func:`run_cell` generates ``images_per_class`` images per class in batches and streams each
-batch straight into feature extraction (no image files, except a few samples per class kept
-as the cell's grid picture), then measures per class and pooled over the classes: FID and
-KID against the class's real reference, n and n_ref, class fidelity (share of images the
-domain classifier assigns to the prompted class), wall-clock seconds per image and UNet
-evaluations per image (``nfe``; classifier-free guidance doubles the teacher's).
+:func:`run_cell` generates, for every evaluated class, ``images_per_class`` images (a headline
+cell: ``headline.seeds`` generation seeds, ``ops.eval.settings.images_per_seed`` each) in
+batches and streams each batch straight into feature extraction (no image files, except a few
+samples per class kept as the cell's grid picture). ``ops.eval.cell_rows`` then measures each
+class against its real reference and summarises over classes (rows ``all`` and ``mean``):
+FID, unbiased KID and class fidelity with class-stratified bootstrap intervals,
+precision/recall/density/coverage, n and n_ref, seconds per image and UNet evaluations per
+image (``nfe``; classifier-free guidance doubles the teacher's).
 
-The *pooled* row (``class_name == "all"``) merges the per-class statistics exactly
-(``FeatureStats.merge_all``). Generation can be sharded over the processes of a launch: each
-process generates its own (class, batch) units, whose seeds do not depend on the process, and
-rank 0 reassembles them in order (``ops.eval.shards``), so the numbers equal a single-process
-run's. A model missing on disk gives a ``skipped`` row with the reason instead of failing.
+The generated features are saved (``reports/features/<model>__<steps>.npz``) and so are the
+bootstrap replicates (``reports/cells/<model>__<steps>.bootstrap.npz``): every number can be
+recomputed, and differences between models are paired replicate by replicate. Generation can
+be sharded over the processes of a launch: each process generates its own (class, batch)
+units, whose seeds do not depend on the process, and rank 0 reassembles them in order
+(``ops.eval.shards``), so the numbers equal a single-process run's. A model missing on disk
+gives a ``skipped`` row with the reason instead of failing.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ops.eval.cell_rows import cell_rows, save_replicates
+from ops.eval.classwise import ClassSample
 from ops.eval.context import (
     POOLED,
+    SUMMARY,
     BenchContext,
     cell_fingerprint,
     cell_path,
@@ -34,9 +41,7 @@ from ops.eval.context import (
     image_seed,
     load_context,
 )
-from ops.eval.distances import FeatureStats
 from ops.eval.features import extract_features
-from ops.eval.metrics import evaluate_cell
 from ops.eval.plan import (
     Sampler,
     SkipCell,
@@ -44,6 +49,8 @@ from ops.eval.plan import (
     open_sampler,
     unavailable_reason,
 )
+from ops.eval.saved_features import features_path, save_features
+from ops.eval.settings import headline_seeds, images_per_seed
 from ops.eval.shards import (
     ProcessGroup,
     Unit,
@@ -81,19 +88,24 @@ def _generate_unit(context: BenchContext, sampler: Sampler, unit: Unit, steps: i
 
 
 def generate_cell(
-    context: BenchContext, sampler: Sampler, steps: int, group: ProcessGroup | None = None
+    context: BenchContext,
+    sampler: Sampler,
+    steps: int,
+    group: ProcessGroup | None = None,
+    seeds: int = 1,
 ) -> list[UnitResult] | None:
-    """Generate this rank's share of the cell's units (``ops.eval.shards``); rank 0 gets
-    every unit back in canonical order, other ranks None."""
+    """Generate this rank's share of the cell's units (``ops.eval.shards``), ``seeds``
+    generation seeds per class; rank 0 gets every unit back in canonical order, others None."""
     from ops.training.runtime import torch_threads
 
     group = group or ProcessGroup()
     cfg = context.cfg
     units = cell_units(
         list(context.classes),
-        int(cfg["images_per_class"]),
+        images_per_seed(cfg, seeds),
         int(cfg["generation_batch_size"]),
-        lambda name, batch: image_seed(cfg["seed"], name, batch),
+        lambda name, replicate, batch: image_seed(cfg["seed"], name, batch, replicate),
+        replicates=seeds,
     )
     mine: list[UnitResult | SkipCell]
     try:
@@ -113,45 +125,28 @@ def generate_cell(
     return in_canonical_order(gathered, units)
 
 
-def _class_row(
-    context: BenchContext, sampler: Sampler, class_name: str, results: list[UnitResult]
-) -> tuple[dict[str, Any], FeatureStats, np.ndarray, np.ndarray | None, float, list[np.ndarray]]:
-    """Metrics of one class from its units, accumulated batch by batch in canonical order
-    (the same ``update`` sequence whichever processes generated them)."""
-    cfg = context.cfg
-    prompt, warning = sampler.prompt_for(class_name, context.classes[class_name])
-    stats = FeatureStats(context.extractor.dim)
-    for r in results:
-        stats.update(r.features)
-    all_feats = np.concatenate([r.features for r in results])
+def _hits(context: BenchContext, class_name: str, results: list[UnitResult]) -> np.ndarray | None:
     preds = [r.predictions for r in results if r.predictions is not None]
-    seconds = sum(r.seconds for r in results)
-    samples = [img for r in results for img in r.samples][: int(cfg["grid_samples"])]
-    ref = context.references[class_name]
-    metrics = evaluate_cell(
-        stats,
-        ref.stats,
-        all_feats,
-        ref.feats,
-        kid_subsets=int(cfg.get("kid_subsets", 100)),
-        kid_subset_size=int(cfg.get("kid_subset_size", 1000)),
-        seed=int(cfg["seed"]),
-    )
-    warnings = list(metrics.warnings) + ([warning] if warning else [])
-    hits = None
-    if preds and class_name in context.classifier_names:
-        hits = np.concatenate(preds) == context.classifier_names.index(class_name)
-    elif preds:
-        warnings.append(f"classifier has no class {class_name!r}: no class fidelity")
-    row = {
-        **metrics.as_dict(),
-        "class_name": class_name,
-        "prompt": prompt,
-        "class_fidelity": float(np.mean(hits)) if hits is not None else float("nan"),
-        "seconds_per_image": seconds / max(1, stats.n),
-        "warnings": "; ".join(warnings),
-    }
-    return row, stats, all_feats, hits, seconds, samples
+    if not preds or class_name not in context.classifier_names:
+        return None
+    return np.concatenate(preds) == context.classifier_names.index(class_name)
+
+
+def _per_class(
+    context: BenchContext, results: list[UnitResult]
+) -> tuple[list[ClassSample], dict[str, np.ndarray], dict[str, float], list[list[np.ndarray]]]:
+    """Class samples (generated vs reference features), seed index per image, generation
+    seconds and kept grid samples, per class in canonical order."""
+    samples, seeds, seconds, kept = [], {}, {}, []
+    for name, group in groupby(results, key=lambda r: r.unit.class_name):
+        parts = list(group)
+        feats = np.concatenate([r.features for r in parts])
+        hits = _hits(context, name, parts)
+        samples.append(ClassSample(name, feats, context.references[name].feats, hits))
+        seeds[name] = np.concatenate([np.full(r.unit.n, r.unit.replicate) for r in parts])
+        seconds[name] = sum(r.seconds for r in parts)
+        kept.append([img for r in parts for img in r.samples][: int(context.cfg["grid_samples"])])
+    return samples, seeds, seconds, kept
 
 
 def _skipped(model: str, steps: int, reason: str) -> list[dict[str, Any]]:
@@ -188,29 +183,21 @@ def measure_cell(
     model: str,
     steps: int,
     group: ProcessGroup | None = None,
-) -> tuple[list[dict[str, Any]], list[list[np.ndarray]]] | None:
-    """The rows of one cell (per class, then pooled) and the kept samples per class; writes
-    nothing. With a ``group`` of several processes every rank must call it: each generates its
-    shard, rank 0 gets the rows and the others None. Raises :class:`SkipCell` when the sampler
-    cannot run ``steps``."""
+    seeds: int | None = None,
+) -> tuple[list[dict[str, Any]], list[list[np.ndarray]], dict[str, Any]] | None:
+    """The rows of one cell (per class, then ``all`` and ``mean``), the kept samples per class
+    and what to save (features, replicates); writes nothing. With a ``group`` of several
+    processes every rank must call it: each generates its shard, rank 0 gets the result and
+    the others None. Raises :class:`SkipCell` when the sampler cannot run ``steps``."""
     group = group or ProcessGroup()
+    seeds = seeds or headline_seeds(context.cfg, model, steps)
     t0 = time.perf_counter()
-    results = generate_cell(context, sampler, steps, group)
+    results = generate_cell(context, sampler, steps, group, seeds)
     if results is None:
         return None
     wall = time.perf_counter() - t0
-    rows: list[dict[str, Any]] = []
-    parts: list[tuple[FeatureStats, np.ndarray, np.ndarray | None, float]] = []
-    samples: list[list[np.ndarray]] = []
-    for class_name, group_results in groupby(results, key=lambda r: r.unit.class_name):
-        row, stats, feats, hits, seconds, kept = _class_row(
-            context, sampler, class_name, list(group_results)
-        )
-        rows.append(row)
-        parts.append((stats, feats, hits, seconds))
-        samples.append(kept)
-    rows.append(_pooled_row(context, parts))
-    rows[-1]["wall_seconds"] = wall
+    samples, seed_of, seconds, kept = _per_class(context, results)
+    rows, reps = cell_rows(samples, context.cfg, seed_of)
     common = {
         "model": model,
         "steps": int(steps),
@@ -222,10 +209,34 @@ def measure_cell(
         "processes": group.world_size,
         "measured_at": pd.Timestamp.now(tz="UTC").isoformat(),
     }
+    total_seconds = sum(seconds.values())
     for i, row in enumerate(rows):
+        name = row["class_name"]
+        summary = name in SUMMARY
         row.update(common)
-        row["sample_row"] = i if row["class_name"] != POOLED else -1
-    return rows, samples
+        row["prompt"] = "" if summary else sampler.prompt_for(name, context.classes[name])[0]
+        row["seconds_per_image"] = (total_seconds if summary else seconds[name]) / max(1, row["n"])
+        row["wall_seconds"] = wall if name == POOLED else float("nan")
+        row["sample_row"] = -1 if summary else i
+    saved = {
+        "features": {s.name: s.gen for s in samples},
+        "seeds": seed_of,
+        "hits": {s.name: s.hits for s in samples},
+        "replicates": reps,
+    }
+    return rows, kept, saved
+
+
+def save_measurements(layout: DataLayout, model: str, steps: int, saved: dict[str, Any]) -> None:
+    """The cell's features (``reports/features``) and bootstrap replicates (beside the cell)."""
+    save_features(
+        features_path(layout, model, steps), saved["features"], saved["seeds"], saved["hits"]
+    )
+    save_replicates(replicates_path(layout, model, steps), saved["replicates"])
+
+
+def replicates_path(layout: DataLayout, model: str, steps: int) -> Path:
+    return cell_path(layout, model, steps).with_suffix(".bootstrap.npz")
 
 
 def run_cell(
@@ -262,7 +273,8 @@ def run_cell(
         return write_skipped(layout, model, steps, str(exc), group)
     if measured is None:
         return None
-    rows, samples = measured
+    rows, samples, saved = measured
+    save_measurements(layout, model, steps, saved)
     grid = _save_grid(layout, model, steps, samples)
     fingerprint = cell_fingerprint(context, spec, layout, steps)
     for row in rows:
@@ -284,34 +296,6 @@ def write_skipped(
     rows = _skipped(model, steps, reason)
     _write_cell(layout, model, steps, rows)
     return rows
-
-
-def _pooled_row(
-    context: BenchContext, parts: list[tuple[FeatureStats, np.ndarray, np.ndarray | None, float]]
-) -> dict[str, Any]:
-    """Pooled over the evaluated classes: merged moments on both sides (the Table-3 FID)."""
-    cfg = context.cfg
-    gen = FeatureStats.merge_all(p[0] for p in parts)
-    ref = FeatureStats.merge_all(context.references[c].stats for c in context.classes)
-    metrics = evaluate_cell(
-        gen,
-        ref,
-        np.concatenate([p[1] for p in parts]),
-        np.concatenate([context.references[c].feats for c in context.classes]),
-        kid_subsets=int(cfg.get("kid_subsets", 100)),
-        kid_subset_size=int(cfg.get("kid_subset_size", 1000)),
-        seed=int(cfg["seed"]),
-    )
-    hits = [p[2] for p in parts if p[2] is not None]
-    fidelity = float(np.mean(np.concatenate(hits))) if hits else float("nan")
-    seconds = sum(p[3] for p in parts)
-    return {
-        **metrics.as_dict(),
-        "class_name": POOLED,
-        "prompt": "",
-        "class_fidelity": fidelity,
-        "seconds_per_image": seconds / max(1, gen.n),
-    }
 
 
 def _save_grid(layout: DataLayout, model: str, steps: int, samples: list[list[np.ndarray]]) -> Path:
@@ -337,7 +321,7 @@ def cell_samples(layout: DataLayout, rows: pd.DataFrame, count: int = 1) -> dict
     (lossless), as {class_name: [uint8 (H, W, 3), ...]}."""
     from PIL import Image
 
-    per_class = rows[(rows["class_name"] != POOLED) & (rows["status"] == "ok")]
+    per_class = rows[~rows["class_name"].isin(SUMMARY) & (rows["status"] == "ok")]
     if per_class.empty:
         return {}
     path = layout.root / str(per_class["sample_grid"].iloc[0])

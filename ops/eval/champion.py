@@ -1,4 +1,4 @@
-"""The weekly re-benchmark of the registry's champion, and its FID regression rule.
+"""The weekly re-benchmark of the registry's champion, and its regression rule.
 
 Why: the model served as ``models:/<name>@champion`` can change (a new version promoted) and
 the surroundings can drift (reference data, extractor, library versions). Re-measuring it on a
@@ -6,14 +6,17 @@ schedule with the benchmark's own cell code, and keeping every result, makes a r
 visible as a failed check rather than a surprise.
 
 Each run measures each name of ``benchmark.champion_models`` at ``benchmark.champion_steps``
-on the evaluated classes (pooled FID/KID/class fidelity, as Table 3) and appends its rows to
-``reports/champion_history.parquet`` (one row per name x steps; ``run_id`` groups a run).
-A name without a registered champion gives a ``skipped`` row, not a failure.
+with ``benchmark.champion_seeds`` generation seeds (FID of all classes with its interval and
+its seed-to-seed spread) and appends the rows to ``reports/champion_history.parquet``.
 
-Regression rule (:func:`regressions`): for every (name, steps) of the latest run, compare the
-pooled FID with that of the most recent earlier run that measured the same (name, steps); it
-regresses when ``fid_new > fid_old * (1 + benchmark.fid_regression_tolerance)`` (relative, so
-the same tolerance works at any FID scale).
+Regression rule (:func:`regressions`): each (name, steps) is compared with a *pinned* baseline
+measured under the same evaluation fingerprint (reference images, extractor, classifier,
+config, metric and sampler code, library versions: ``eval_fingerprint``), so a changed
+measuring stick is never read as a changed model. The first run under a new fingerprint pins
+itself (``reports/champion_baseline.parquet``). It regresses when
+``fid - pinned_fid > champion_tolerance_sd * sqrt(sd^2 + pinned_sd^2)``, sd being the measured
+seed-to-seed standard deviation of the FID: a tolerance from the noise actually measured, not
+a fixed percentage. The check fails when the latest run measured nothing.
 """
 
 from __future__ import annotations
@@ -22,14 +25,17 @@ import os
 import uuid
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ops.eval.cells import measure_cell
 from ops.eval.context import POOLED, benchmark_config, load_context
 from ops.eval.plan import ConsistencySampler, SkipCell
+from ops.eval.versions import code_versions
 from ops.layout import DataLayout
 
 HISTORY_FILE = "champion_history.parquet"
+BASELINE_FILE = "champion_baseline.parquet"
 COLUMNS = [
     "run_id",
     "measured_at",
@@ -40,11 +46,18 @@ COLUMNS = [
     "status",
     "reason",
     "fid",
+    "fid_lo",
+    "fid_hi",
+    "fid_seed_sd",
+    "seeds",
     "kid",
     "class_fidelity",
     "seconds_per_image",
     "n",
+    "eval_fingerprint",
 ]
+MEASURED = ("fid", "fid_lo", "fid_hi", "fid_seed_sd", "seeds", "kid", "class_fidelity",
+            "seconds_per_image", "n")  # fmt: skip
 
 
 def history_path(layout: DataLayout):
@@ -56,12 +69,34 @@ def read_history(layout: DataLayout) -> pd.DataFrame:
     return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
 
 
+def baseline_path(layout: DataLayout):
+    return layout.reports / BASELINE_FILE
+
+
+def read_baseline(layout: DataLayout) -> pd.DataFrame:
+    path = baseline_path(layout)
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=COLUMNS)
+
+
+def pin_missing(layout: DataLayout, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Pin every measured (name, steps, eval_fingerprint) that has no pinned baseline yet."""
+    pinned = read_baseline(layout)
+    have = set(zip(pinned["name"], pinned["steps"], pinned["eval_fingerprint"], strict=True))
+    new = [r for r in rows if r["status"] == "ok"
+           and (r["name"], r["steps"], r["eval_fingerprint"]) not in have]  # fmt: skip
+    if not new:
+        return pinned
+    return _write(baseline_path(layout), pinned, new)
+
+
 def append_history(layout: DataLayout, rows: list[dict[str, Any]]) -> pd.DataFrame:
     """Append rows atomically (write aside, then rename); returns the whole history."""
-    history = read_history(layout)
+    return _write(history_path(layout), read_history(layout), rows)
+
+
+def _write(path, history: pd.DataFrame, rows: list[dict[str, Any]]) -> pd.DataFrame:
     new = pd.DataFrame(rows, columns=COLUMNS)
     combined = new if history.empty else pd.concat([history, new], ignore_index=True)
-    path = history_path(layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     combined.to_parquet(tmp, index=False)
@@ -106,26 +141,19 @@ def run_champion_benchmark(params: dict[str, Any], layout: DataLayout) -> dict[s
             continue
         context = context or load_context(params, layout)
         sampler = ConsistencySampler(directory, float(cfg["guidance_scale"]))
+        seeds = int(cfg["champion_seeds"])
         for steps in sorted(int(s) for s in cfg.get("champion_steps") or cfg["steps"]):
-            row = {**base, "version": version, "steps": steps}
+            row = {**base, "version": version, "steps": steps,
+                   "eval_fingerprint": eval_fingerprint(context.fingerprint, seeds)}  # fmt: skip
             try:
-                cell, _ = measure_cell(context, sampler, name, steps)
+                cell, _, _ = measure_cell(context, sampler, name, steps, seeds=seeds)
             except SkipCell as exc:
                 rows.append({**row, "status": "skipped", "reason": str(exc)})
                 continue
             pooled = next(r for r in cell if r["class_name"] == POOLED)
-            rows.append(
-                {
-                    **row,
-                    "status": "ok",
-                    "reason": "",
-                    **{
-                        k: pooled[k]
-                        for k in ("fid", "kid", "class_fidelity", "seconds_per_image", "n")
-                    },
-                }
-            )
+            rows.append({**row, "status": "ok", "reason": "", **{k: pooled[k] for k in MEASURED}})
     history = append_history(layout, rows) if rows else read_history(layout)
+    pin_missing(layout, rows)
     return {
         "run_id": run_id,
         "rows": rows,
@@ -134,41 +162,50 @@ def run_champion_benchmark(params: dict[str, Any], layout: DataLayout) -> dict[s
     }
 
 
-def regressions(history: pd.DataFrame, tolerance: float) -> pd.DataFrame:
-    """The latest run's measured (name, steps) against the previous measurement of each.
+def eval_fingerprint(context_fingerprint: str, seeds: int) -> str:
+    """The measuring stick of a champion row: the benchmark context (inputs, metric code,
+    libraries), the consistency sampler's code and the number of seeds, not the model."""
+    import hashlib
 
-    Columns: name, steps, version, previous_version, fid, previous_fid, ratio, regressed.
-    ``previous_fid`` is NaN (and ``regressed`` False) for a first measurement.
-    """
-    cols = [
-        "name",
-        "steps",
-        "version",
-        "previous_version",
-        "fid",
-        "previous_fid",
-        "ratio",
-        "regressed",
-    ]
+    text = f"{context_fingerprint}:{code_versions()['consistency']}:{int(seeds)}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+COMPARISON = ["name", "steps", "version", "pinned_version", "fid", "pinned_fid", "tolerance",
+              "regressed", "status"]  # fmt: skip
+
+
+def regressions(history: pd.DataFrame, pinned: pd.DataFrame, tolerance_sd: float) -> pd.DataFrame:
+    """The latest run's rows against the pinned baseline of the same eval fingerprint.
+
+    ``status``: ``compared`` | ``pinned by this run`` | ``no pinned baseline``. A latest run
+    without any measured row gives an empty table (the check then fails)."""
     ok = history[history["status"] == "ok"] if not history.empty else history
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    order = ok.sort_values(["measured_at", "run_id"], kind="stable")
-    latest_run = order["run_id"].iloc[-1]
-    latest = order[order["run_id"] == latest_run]
-    earlier = order[order["run_id"] != latest_run]
+    if history.empty:
+        return pd.DataFrame(columns=COMPARISON)
+    latest_run = history.sort_values(["measured_at", "run_id"], kind="stable")["run_id"].iloc[-1]
+    latest = ok[ok["run_id"] == latest_run]
     out = []
     for row in latest.itertuples(index=False):
-        prev = earlier[(earlier["name"] == row.name) & (earlier["steps"] == row.steps)]
-        if prev.empty:
-            out.append(
-                [row.name, row.steps, row.version, None, row.fid, float("nan"), float("nan"), False]
-            )
+        pin = pinned[(pinned["name"] == row.name) & (pinned["steps"] == row.steps)
+                     & (pinned["eval_fingerprint"] == row.eval_fingerprint)]  # fmt: skip
+        if pin.empty:
+            out.append([row.name, row.steps, row.version, None, row.fid, float("nan"),
+                        float("nan"), False, "no pinned baseline"])  # fmt: skip
             continue
-        p = prev.iloc[-1]
-        ratio = float(row.fid) / float(p["fid"]) if float(p["fid"]) > 0 else float("inf")
-        regressed = float(row.fid) > float(p["fid"]) * (1.0 + float(tolerance))
-        out.append(
-            [row.name, row.steps, row.version, p["version"], row.fid, p["fid"], ratio, regressed]
-        )
-    return pd.DataFrame(out, columns=cols)
+        p = pin.iloc[0]
+        if p["run_id"] == row.run_id:
+            out.append([row.name, row.steps, row.version, p["version"], row.fid, p["fid"],
+                        float("nan"), False, "pinned by this run"])  # fmt: skip
+            continue
+        sd = float(np.hypot(_finite(row.fid_seed_sd), _finite(p["fid_seed_sd"])))
+        tolerance = float(tolerance_sd) * sd
+        regressed = bool(float(row.fid) - float(p["fid"]) > tolerance)
+        out.append([row.name, row.steps, row.version, p["version"], row.fid, p["fid"],
+                    tolerance, regressed, "compared"])  # fmt: skip
+    return pd.DataFrame(out, columns=COMPARISON)
+
+
+def _finite(value: Any) -> float:
+    value = float(value) if value is not None else float("nan")
+    return value if np.isfinite(value) else 0.0

@@ -1,9 +1,10 @@
 """What a benchmark cell is computed from, and whether its stored result is still fresh.
 
 :class:`BenchContext` holds what every cell shares (config, evaluated classes, the feature
-extractor, the classifier, the reference statistics). A cell file
+extractor, the classifier, the reference and floor features). A cell file
 ``reports/cells/<model>__<steps>.parquet`` carries a fingerprint of everything it was computed
-from (model weights, extractor, reference images, the config keys in ``MEASURE_KEYS``), so a
+from (model weights, extractor, reference images, the config keys in ``MEASURE_KEYS``, the
+source of the sampling and metric code and the library versions, ``ops.eval.versions``), so a
 cell re-runs exactly when one of them changed.
 """
 
@@ -18,7 +19,6 @@ from typing import Any
 
 import pandas as pd
 
-from ops.config import stage_config
 from ops.eval.extractor import load_extractor
 from ops.eval.features import FeatureExtractor
 from ops.eval.plan import (
@@ -28,12 +28,17 @@ from ops.eval.plan import (
     unavailable_reason,
 )
 from ops.eval.reference import Reference, reference_stats
+from ops.eval.settings import benchmark_config  # also imported from here by other stages
 from ops.eval.shards import (
     ProcessGroup,
 )
+from ops.eval.versions import code_versions, library_versions
 from ops.layout import DataLayout
 
 POOLED = "all"
+MEAN = "mean"
+SUMMARY = (POOLED, MEAN)
+REAL = "real"  # the floor: held-out real images against the reference
 
 
 CELLS_DIR = "cells"
@@ -45,37 +50,25 @@ MEASURE_KEYS = (
     "generation_batch_size",
     "guidance_scale",
     "teacher_timestep_spacing",
-    "kid_subsets",
-    "kid_subset_size",
     "grid_samples",
     "seed",
+    "headline",
+    "bootstrap_replicates",
+    "bootstrap_seed",
+    "reference_images_per_class",
+    "fidelity_k",
 )
 
 
-# --------------------------------------------------------------------------------------------
-# configuration and the plan
-# --------------------------------------------------------------------------------------------
-def benchmark_config(params: dict[str, Any]) -> dict[str, Any]:
-    """``benchmark`` merged with its preset section; the guidance scale (diffusers' w + 1) is
-    ``sampling.guidance_scale``, the same for every model, so rows are comparable."""
-    cfg = stage_config(params, "benchmark")
-    cfg.setdefault(
-        "guidance_scale", float((params.get("sampling") or {}).get("guidance_scale", 4.0))
-    )
-    cfg.setdefault("generation_batch_size", 32)
-    cfg.setdefault("grid_samples", 4)
-    cfg.setdefault("teacher_timestep_spacing", "trailing")
-    return cfg
-
-
 def evaluated_classes(params: dict[str, Any], manifest: pd.DataFrame) -> dict[str, str]:
-    """The ``presets.*.benchmark.classes`` evaluated classes and their prompts, by name.
+    """The evaluated classes and their prompts, by name: every class with non-holdout training
+    rows (the models know it) and at least two test images.
 
-    Deterministic: among classes with non-holdout training rows (the models know them) and at
-    least two test images (FID/KID need a reference), the ones with the most test images win,
-    ties broken by name. The prompt is the class's most frequent training prompt.
+    ``benchmark.classes`` (null by default) caps the number for smoke runs: then the classes
+    with the most test images win, ties broken by name. The prompt is the class's most frequent
+    training prompt.
     """
-    want = int(benchmark_config(params)["classes"])
+    cap = benchmark_config(params).get("classes")
     df = manifest
     holdout = (
         df["holdout"].fillna(False).astype(bool)
@@ -87,7 +80,8 @@ def evaluated_classes(params: dict[str, Any], manifest: pd.DataFrame) -> dict[st
     eligible = [c for c in sorted(train["class_name"].unique()) if tests.get(c, 0) >= 2]
     if not eligible:
         raise ValueError("no class has both non-holdout training rows and >= 2 test images")
-    chosen = sorted(eligible, key=lambda c: (-int(tests[c]), c))[:want]
+    chosen = sorted(eligible, key=lambda c: (-int(tests[c]), c))
+    chosen = chosen[: int(cap)] if cap else chosen
     out: dict[str, str] = {}
     for name in sorted(chosen):
         counts = train[train["class_name"] == name]["prompt"].value_counts()
@@ -114,6 +108,7 @@ class BenchContext:
     classes: dict[str, str]
     extractor: FeatureExtractor
     references: dict[str, Reference]
+    floors: dict[str, Reference] = field(default_factory=dict)
     classifier: Any = None  # ops.eval.classifier.DomainClassifier, for class fidelity
     classifier_names: list[str] = field(default_factory=list)
     device: str = "cpu"
@@ -158,16 +153,29 @@ def load_context(
     )
     if not group.is_main:
         return context
+    from ops.eval.reference_sets import FLOOR, REFERENCE, image_sets
+
+    sets = image_sets(params, layout, list(classes), manifest)
+    sets[FLOOR] = {c: rows for c, rows in sets[FLOOR].items() if len(rows) >= 2}
     with torch_threads(cfg.get("classifier_threads")):
-        refs = reference_stats(layout, extractor, list(classes), manifest=manifest, device=device)
+        refs, floors = (
+            reference_stats(
+                layout, extractor, list(sets[name]), rows_by_class=sets[name], set_name=name,
+                device=device,
+            )
+            for name in (REFERENCE, FLOOR)
+        )  # fmt: skip
     payload = {
         "extractor": extractor.fingerprint,
         "references": {c: r.fingerprint for c, r in sorted(refs.items())},
+        "floors": {c: r.fingerprint for c, r in sorted(floors.items())},
         "classes": classes,
         "classifier": _weights(classifier) if classifier is not None else None,
         "config": {k: cfg.get(k) for k in MEASURE_KEYS},
+        "metric_code": code_versions()["metrics"],
+        "libraries": library_versions(),
     }
-    context.references = refs
+    context.references, context.floors = refs, floors
     context.fingerprint = _sha(payload)
     return context
 
@@ -187,20 +195,37 @@ _MODEL_HASHES: dict[tuple, str] = {}
 
 
 def model_fingerprint(directory: Path) -> str:
-    """Content hash of a model directory, memoised on (path, sizes, mtimes) so a run hashes
-    each model once however many cells it has."""
-    from ops.training.fingerprint import directory_hash
-
+    """Content hash of a model directory (paths relative to it, so two directories holding the
+    same files hash alike whatever their names), memoised on (path, sizes, mtimes) so a run
+    hashes each model once however many cells it has."""
     files = sorted(p for p in Path(directory).rglob("*") if p.is_file())
     key = (str(directory), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     if key not in _MODEL_HASHES:
-        _MODEL_HASHES[key] = directory_hash(Path(directory))
+        digest = hashlib.sha256()
+        for path in files:
+            digest.update(str(path.relative_to(directory)).encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        _MODEL_HASHES[key] = digest.hexdigest()[:16]
     return _MODEL_HASHES[key]
 
 
 def cell_fingerprint(context: BenchContext, spec: ModelSpec, layout: DataLayout, steps: int) -> str:
+    """The context's fingerprint (inputs, metric code, libraries) + the model's weights, its
+    sampler's code and the step count; the seeds per cell are in the config keys."""
+    return _sha([measurement_key(context, spec, layout, steps), spec.name, spec.directory])
+
+
+def measurement_key(context: BenchContext, spec: ModelSpec, layout: DataLayout, steps: int) -> str:
+    """What decides a cell's numbers, without the model's *name*: two names whose directories
+    hold identical files and are sampled alike (``lcm`` and ``llcm`` at h = 1/2) share it, so
+    the second is copied instead of measured again (``ops.eval.runner``)."""
+    from ops.eval.settings import headline_seeds
+
     model = model_fingerprint(layout.model(spec.directory))
-    return _sha([context.fingerprint, model, spec.__dict__, int(steps)])
+    sampler = code_versions()[spec.family]
+    how = {k: v for k, v in spec.__dict__.items() if k not in ("name", "directory")}
+    seeds = headline_seeds(context.cfg, spec.name, steps)
+    return _sha([context.fingerprint, model, sampler, how, int(steps), seeds])
 
 
 def read_cell(layout: DataLayout, model: str, steps: int) -> pd.DataFrame | None:
@@ -222,16 +247,18 @@ def cell_is_fresh(context: BenchContext, layout: DataLayout, model: str, steps: 
 # --------------------------------------------------------------------------------------------
 # one cell
 # --------------------------------------------------------------------------------------------
-def image_seed(seed: int, class_name: str, batch: int) -> int:
-    """The seed of one batch: the same for every model (same starting noise), independent of
-    which other classes are evaluated."""
-    return (int(seed) * 1_000_003 + zlib.crc32(class_name.encode()) * 1009 + int(batch)) % 2**62
+def image_seed(seed: int, class_name: str, batch: int, replicate: int = 0) -> int:
+    """The seed of one batch of one generation seed (``replicate``): the same for every model
+    (same starting noise), independent of which other classes are evaluated; replicate 0 is
+    the single-seed cell's."""
+    base = int(seed) * 1_000_003 + zlib.crc32(class_name.encode()) * 1009 + int(batch)
+    return (base + int(replicate) * 7_919_000_017) % 2**62
 
 
 def collect_cells(layout: DataLayout, params: dict[str, Any] | None = None) -> pd.DataFrame:
     """Every cell file's rows (of the configured grid when ``params`` is given), in table order."""
     if params is not None:
-        frames = [read_cell(layout, m, s) for m, s in plan(params)]
+        frames = [read_cell(layout, m, s) for m, s in [*plan(params), (REAL, 0)]]
     else:
         frames = [
             pd.read_parquet(p) for p in sorted((layout.reports / CELLS_DIR).glob("*.parquet"))

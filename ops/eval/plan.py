@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ops.config import stage_config
 from ops.distill.ablation import ablation_models
+from ops.eval.settings import benchmark_config
 from ops.layout import DataLayout
 
 if TYPE_CHECKING:  # torch and numpy load on use: the Dagster definitions import this module
@@ -79,29 +79,51 @@ def model_spec(name: str) -> ModelSpec:
 def grid_models(params: dict[str, Any]) -> list[str]:
     """The benchmarked models: ``benchmark.models`` (Table 3), then the skip-k ablation
     students (``distill.k_ablation``, reported in their own table)."""
-    models = stage_config(params, "benchmark")["models"]
+    models = benchmark_config(params)["models"]
     return list(dict.fromkeys([*models, *ablation_models(params)]))
 
 
-def grid_cells(models: list[str], steps: list[int]) -> list[tuple[str, int]]:
-    """(model, steps) of every cell, in table order: a fixed-step model has one cell."""
+def model_steps(cfg: dict[str, Any], name: str, ablation: Sequence[str] = ()) -> list[int]:
+    """The step counts of one model: its fixed count (a reference row), else
+    ``benchmark.model_steps[name]``, else ``ablation_steps`` for an ablation student, else
+    ``benchmark.steps``. Per-model lists let the default grid skip cells that measure nothing
+    new (a student at 20 steps, a teacher at 1 step of both solvers)."""
+    spec = model_spec(name)
+    if spec.fixed_steps:
+        return [spec.fixed_steps]
+    per_model = cfg.get("model_steps") or {}
+    if name in per_model:
+        return sorted({int(s) for s in per_model[name]})
+    if name in ablation and cfg.get("ablation_steps"):
+        return sorted({int(s) for s in cfg["ablation_steps"]})
+    return sorted({int(s) for s in cfg["steps"]})
+
+
+def grid_cells(
+    models: list[str],
+    steps: list[int],
+    cfg: dict[str, Any] | None = None,
+    ablation: Sequence[str] = (),
+) -> list[tuple[str, int]]:
+    """(model, steps) of every cell, in table order: a fixed-step model has one cell; with
+    ``cfg``, per-model step lists apply (:func:`model_steps`)."""
+    base = {"steps": steps, **({k: v for k, v in (cfg or {}).items() if k != "steps"})}
     cells: list[tuple[str, int]] = []
     for name in models:
-        spec = model_spec(name)
-        counts = [spec.fixed_steps] if spec.fixed_steps else sorted({int(s) for s in steps})
-        cells += [(name, int(s)) for s in counts]
+        cells += [(name, s) for s in model_steps(base, name, ablation)]
     return cells
 
 
 def plan(
     params: dict[str, Any], models: Sequence[str] | None = None, steps: Sequence[int] | None = None
 ) -> list[tuple[str, int]]:
-    """The (model, steps) cells to run: :func:`grid_models` x ``benchmark.steps`` by default
-    (also the Dagster partitions of ``benchmark_cells``)."""
-    default_steps = stage_config(params, "benchmark")["steps"]
-    return grid_cells(
-        list(models or grid_models(params)), [int(s) for s in (steps or default_steps)]
-    )
+    """The (model, steps) cells to run: :func:`grid_models` at their step counts by default
+    (also the Dagster partitions of ``benchmark_cells``); ``steps`` given overrides them all."""
+    cfg = benchmark_config(params)
+    chosen = list(models or grid_models(params))
+    if steps:
+        return grid_cells(chosen, [int(s) for s in steps])
+    return grid_cells(chosen, [int(s) for s in cfg["steps"]], cfg, ablation_models(params))
 
 
 def unavailable_reason(spec: ModelSpec, layout: DataLayout, steps: int) -> str | None:

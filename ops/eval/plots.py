@@ -28,7 +28,7 @@ import pandas as pd  # noqa: E402
 
 from ops.eval.features import to_uint8_hwc  # noqa: E402
 
-MEAN_COLUMNS = ("fid", "kid", "class_fidelity")
+MEAN_COLUMNS = ("fid", "fid_lo", "fid_hi", "kid", "class_fidelity", "seconds_per_image")
 
 
 def summarize_cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -46,8 +46,54 @@ def summarize_cells(df: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["_order", "steps"]).drop(columns="_order").reset_index(drop=True)
 
 
-def fid_vs_steps_plot(df: pd.DataFrame, out_png: str | Path, title: str | None = None) -> Path:
-    """FID against inference steps, one line per model (log2 x axis).
+def _errors(rows: pd.DataFrame) -> np.ndarray | None:
+    """Asymmetric error bars from ``fid_lo``/``fid_hi`` (None without intervals)."""
+    if not {"fid_lo", "fid_hi"} <= set(rows.columns) or rows["fid_lo"].isna().all():
+        return None
+    return np.vstack([rows["fid"] - rows["fid_lo"], rows["fid_hi"] - rows["fid"]]).clip(0)
+
+
+def _floor_band(ax: Any, floor: pd.DataFrame | None) -> None:
+    """The real-vs-real floor as a grey band (its interval) and line."""
+    if floor is None or floor.empty:
+        return
+    f = floor.iloc[0]
+    ax.axhline(f["fid"], color="grey", linewidth=1, label="real vs real (floor)")
+    if np.isfinite(f.get("fid_lo", np.nan)) and np.isfinite(f.get("fid_hi", np.nan)):
+        ax.axhspan(f["fid_lo"], f["fid_hi"], color="grey", alpha=0.2)
+
+
+def fid_vs_ms_plot(
+    df: pd.DataFrame, out_png: str | Path, floor: pd.DataFrame | None = None
+) -> Path:
+    """FID (95% interval) against measured milliseconds per image, one point per cell, points
+    of a model joined in step order, log x axis: the quality-per-compute front a user picks an
+    operating point from (lower left is better)."""
+    cells = summarize_cells(df)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for model, rows in cells.groupby("model", sort=False):
+        ms = rows["seconds_per_image"] * 1000
+        ax.errorbar(ms, rows["fid"], yerr=_errors(rows), marker="o", capsize=2, label=str(model))
+        for x, y, s in zip(ms, rows["fid"], rows["steps"], strict=True):
+            ax.annotate(str(s), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    _floor_band(ax, floor)
+    ax.set_xscale("log")
+    ax.set_xlabel("milliseconds per image (measured, this machine)")
+    ax.set_ylabel("FID, all classes (lower is better)")
+    ax.set_title("Quality per compute (labels: steps)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out_png)
+
+
+def fid_vs_steps_plot(
+    df: pd.DataFrame,
+    out_png: str | Path,
+    title: str | None = None,
+    floor: pd.DataFrame | None = None,
+) -> Path:
+    """FID against inference steps, one line per model (log2 x axis), with 95% intervals as
+    error bars when the table has them and the real-vs-real floor as a grey band.
 
     A model measured at a single step count while others span several (e.g. ``teacher_ddim50``)
     is drawn as a dashed horizontal reference line.
@@ -68,7 +114,9 @@ def fid_vs_steps_plot(df: pd.DataFrame, out_png: str | Path, title: str | None =
                 label=f"{model} ({rows['steps'].iloc[0]} steps)",
             )
         else:
-            ax.plot(rows["steps"], rows["fid"], marker="o", label=str(model))
+            ax.errorbar(rows["steps"], rows["fid"], yerr=_errors(rows), marker="o", capsize=2,
+                        label=str(model))  # fmt: skip
+    _floor_band(ax, floor)
     ax.set_xscale("log", base=2)
     ax.set_xticks(all_steps)
     ax.set_xticklabels([str(s) for s in all_steps])

@@ -40,8 +40,14 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "class"
 
 
-def reference_path(layout: DataLayout, extractor_name: str, class_name: str) -> Path:
-    return layout.reports / "fid_refs" / extractor_name / f"{_slug(class_name)}.npz"
+def reference_path(
+    layout: DataLayout, extractor_name: str, class_name: str, set_name: str = "test"
+) -> Path:
+    """The cache file of one class's features: ``fid_refs/<extractor>/<class>.npz`` for the
+    test split, ``fid_refs/<extractor>/<set>/<class>.npz`` for another image set."""
+    folder = layout.reports / "fid_refs" / extractor_name
+    folder = folder if set_name == "test" else folder / set_name
+    return folder / f"{_slug(class_name)}.npz"
 
 
 def resolve_image_path(layout: DataLayout, rel: str) -> Path:
@@ -83,23 +89,29 @@ def reference_stats(
     batch_size: int = 64,
     manifest: Any = None,
     device: torch.device | str = "cpu",
+    rows_by_class: dict[str, Any] | None = None,
+    set_name: str = "test",
 ) -> dict[str, Reference]:
     """Per-class statistics of the real ``split`` images, cached at
     ``reports/fid_refs/<extractor>/<class>.npz`` (mu, sigma, n, sums, features, fingerprint)
     and recomputed when the fingerprint no longer matches. Pooled stats over classes are
-    ``FeatureStats.merge_all`` of these."""
+    ``FeatureStats.merge_all`` of these. ``rows_by_class`` (image_id, path per class, e.g. the
+    evaluation draw of ``ops.eval.reference_sets``) replaces the manifest's ``split`` rows;
+    ``set_name`` then names its cache folder."""
     import pandas as pd
 
-    df = manifest if manifest is not None else pd.read_parquet(layout.manifest)
-    df = df[df["split"] == split]
-    names = list(classes) if classes is not None else sorted(df["class_name"].unique())
+    if rows_by_class is None:
+        df = manifest if manifest is not None else pd.read_parquet(layout.manifest)
+        df = df[df["split"] == split]
+        names = list(classes) if classes is not None else sorted(df["class_name"].unique())
+        rows_by_class = {name: df[df["class_name"] == name] for name in names}
     out: dict[str, Reference] = {}
-    for name in names:
-        rows = df[df["class_name"] == name].sort_values("image_id")
+    for name in list(classes) if classes is not None else list(rows_by_class):
+        rows = rows_by_class[name].sort_values("image_id")
         if rows.empty:
-            raise ValueError(f"class {name!r} has no {split!r} images in the manifest")
+            raise ValueError(f"class {name!r} has no {set_name!r} images")
         fingerprint = reference_fingerprint(rows, extractor)
-        path = reference_path(layout, extractor.name, name)
+        path = reference_path(layout, extractor.name, name, set_name)
         if path.is_file():
             with np.load(path, allow_pickle=False) as cached:
                 if str(cached["fingerprint"]) == fingerprint and str(cached["class_name"]) == name:

@@ -2,14 +2,19 @@
 
 Files under ``reports/`` (the data directory's):
 
-- ``benchmark.parquet``   every row of every cell (per class, pooled, skipped)
+- ``benchmark.parquet``   every row of every cell: per (model, steps, class_name), class_name
+                          also ``all`` (pooled, equal class weights) and ``mean``; model
+                          ``real`` is the floor; intervals ``*_lo``/``*_hi`` and differences
+                          against ``benchmark.baseline`` (``*_diff*``, ``ops.eval.differences``)
 - ``benchmark.json``      DVC metrics, nested numbers only: ``{"fid": {model: {steps: x}}}``
                           (pooled), likewise ``kid``, ``class_fidelity``, ``seconds_per_image``,
                           and ``fid_per_class`` ``{class: {model: {steps: x}}}``
 - ``benchmark.md``        Table 3 (pooled FID, the paper's number), per-class FID, timing,
                           skipped cells with their reasons
 - ``fid_vs_steps.csv``    DVC plots data, one row per measured (model, steps), pooled
-- ``fid_vs_steps.png``    the same as a picture (``ops.eval.plots.fid_vs_steps_plot``)
+- ``fid_vs_steps.png``    the same as a picture with 95% intervals and the real floor
+- ``fid_vs_ms.png``       FID against measured milliseconds per image: the quality-per-compute
+                          front
 - ``step_grids/<class>.png``  one sample per model x steps (the paper's Fig. 1), per class
 - ``k_ablation.png``      students distilled with skip k (rows) x steps, when they exist (Fig. 3)
 """
@@ -28,9 +33,29 @@ import pandas as pd
 
 from ops.distill.ablation import BASE_MODEL, ablation_rows
 from ops.eval.cells import cell_samples
-from ops.eval.context import POOLED, benchmark_config, evaluated_classes, image_seed
-from ops.eval.plan import ConsistencySampler, SkipCell, model_spec, unavailable_reason
-from ops.eval.plots import fid_vs_steps_plot, k_ablation_grid, step_comparison_grid, table3_markdown
+from ops.eval.context import (
+    MEAN,
+    POOLED,
+    REAL,
+    SUMMARY,
+    benchmark_config,
+    evaluated_classes,
+    image_seed,
+)
+from ops.eval.plan import (
+    ConsistencySampler,
+    SkipCell,
+    model_spec,
+    model_steps,
+    unavailable_reason,
+)
+from ops.eval.plots import (
+    fid_vs_ms_plot,
+    fid_vs_steps_plot,
+    k_ablation_grid,
+    step_comparison_grid,
+)
+from ops.eval.report_tables import markdown_report
 from ops.layout import DataLayout
 
 #: The report files under ``reports/`` by role (the k-ablation picture is written separately).
@@ -40,9 +65,13 @@ REPORT_FILES = {
     "markdown": "benchmark.md",
     "csv": "fid_vs_steps.csv",
     "plot": "fid_vs_steps.png",
+    "front": "fid_vs_ms.png",
 }
 ABLATION_FILE = "k_ablation.png"
-POOLED_COLUMNS = ["model", "steps", "fid", "kid", "n", "class_fidelity", "seconds_per_image", "nfe"]
+POOLED_COLUMNS = [
+    "model", "steps", "fid", "fid_lo", "fid_hi", "kid", "kid_lo", "kid_hi", "n", "n_ref",
+    "class_fidelity", "seconds_per_image", "nfe", "seeds",
+]  # fmt: skip
 
 
 def _slug(name: str) -> str:
@@ -75,83 +104,17 @@ def _nested(df: pd.DataFrame, column: str, keys: list[str]) -> dict[str, Any]:
 
 def dvc_metrics(pooled: pd.DataFrame, per_class: pd.DataFrame) -> dict[str, Any]:
     """``{"fid": {"llcm": {"1": 12.3, ...}}, ...}``: what ``dvc metrics diff`` compares."""
-    pooled_metrics = ("fid", "kid", "class_fidelity", "seconds_per_image")
+    pooled_metrics = (
+        "fid", "fid_lo", "fid_hi", "kid", "kid_lo", "kid_hi", "class_fidelity",
+        "seconds_per_image", "fid_diff", "fid_diff_lo", "fid_diff_hi",
+    )  # fmt: skip
     metrics = {c: _nested(pooled, c, ["model", "steps"]) for c in pooled_metrics}
     metrics["fid_per_class"] = _nested(per_class, "fid", ["class_name", "model", "steps"])
     return metrics
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-    ]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def _fmt(value: Any, spec: str = ".2f") -> str:
-    v = _num(value)
-    return "–" if v is None else format(v, spec)
-
-
-def markdown_report(df: pd.DataFrame) -> str:
-    """Table 3 (pooled FID) first, then per-class FID, timing and skipped cells."""
-    ok = df[df["status"] == "ok"] if "status" in df else df.iloc[0:0]
-    pooled = ok[ok["class_name"] == POOLED]
-    per_class = ok[ok["class_name"] != POOLED]
-    skipped = df[df["status"] == "skipped"] if "status" in df else df.iloc[0:0]
-    classes = list(dict.fromkeys(per_class["class_name"]))
-    out = ["# Benchmark: FID by model and inference steps", ""]
-    if pooled.empty:
-        out += ["No cell has been measured yet (every model skipped or missing).", ""]
-    else:
-        extractor = str(pooled["extractor"].iloc[0]) if "extractor" in pooled else "?"
-        out += [
-            f"FID is **pooled over the {len(classes)} evaluated classes** ({', '.join(classes)}): "
-            "the feature statistics of all generated images of a cell against those of all real "
-            "test images of these classes. This pooled FID is the Table-3 number; per-class FID "
-            f"follows below. Features: `{extractor}` extractor. Guidance scale "
-            f"{_fmt(pooled['guidance_scale'].iloc[0], '.1f')} (diffusers' w + 1) for every model.",
-            "",
-            table3_markdown(pooled[[c for c in POOLED_COLUMNS if c in pooled]]).rstrip(),
-            "",
-            "## Per-class FID",
-            "",
-        ]
-        rows = []
-        for (model, steps), cell in per_class.groupby(["model", "steps"], sort=False):
-            fid = dict(zip(cell["class_name"], cell["fid"], strict=True))
-            rows.append([str(model), str(steps)] + [_fmt(fid.get(c)) for c in classes])
-        out += _table(["Model", "Steps", *classes], rows)
-        out += ["", "## Generation time (seconds per image; UNet evaluations per image)", ""]
-        steps = sorted(pooled["steps"].unique())
-        lookup = {(r.model, r.steps): r for r in pooled.itertuples(index=False)}
-        rows = [
-            [str(m)]
-            + [
-                f"{_fmt(lookup[(m, s)].seconds_per_image, '.4f')} ({int(lookup[(m, s)].nfe)})"
-                if (m, s) in lookup
-                else "–"
-                for s in steps
-            ]
-            for m in dict.fromkeys(pooled["model"])
-        ]
-        out += _table(["Model", *[str(s) for s in steps]], rows)
-    if not skipped.empty:
-        out += ["", "## Skipped cells", ""]
-        for reason, group in skipped.groupby("reason", sort=False):
-            cells = ", ".join(
-                f"{m}@{s}" for m, s in zip(group["model"], group["steps"], strict=True)
-            )
-            out.append(f"- {cells}: {reason}")
-    warnings = [
-        w for text in ok.get("warnings", pd.Series(dtype=str)) for w in str(text).split("; ") if w
-    ]
-    if warnings:
-        out += ["", "## Warnings", ""]
-        for text, count in pd.Series(warnings).value_counts().items():
-            out.append(f"- {text} ({count} rows)")
-    return "\n".join(out) + "\n"
+def _fid_mean(df: pd.DataFrame) -> dict[str, Any]:
+    return _nested(df, "fid", ["model", "steps"])
 
 
 def placeholder_picture(path: Path, text: str) -> Path:
@@ -190,6 +153,7 @@ def write_reports(
     df: pd.DataFrame,
     ablation: dict[int, str] | None = None,
     table3_models: list[str] | None = None,
+    baseline: str | None = None,
 ) -> dict[str, Any]:
     """Write every report file from the cell rows; returns a summary (paths, counts, table).
 
@@ -200,6 +164,11 @@ def write_reports(
     reports.mkdir(parents=True, exist_ok=True)
     ablation = ablation or {}
     ablation_only = set(ablation.values()) - set(table3_models or [])
+    if not df.empty:
+        from ops.eval.cells import replicates_path
+        from ops.eval.differences import add_differences
+
+        df = add_differences(df, baseline or "", lambda m, s: replicates_path(layout, m, s))
     all_ok = df[df["status"] == "ok"] if not df.empty else df
     all_pooled = all_ok[all_ok["class_name"] == POOLED]
     table3 = df[~df["model"].isin(ablation_only)] if not df.empty else df
@@ -207,7 +176,8 @@ def write_reports(
     pooled = ok[ok["class_name"] == POOLED]
     files = {key: reports / name for key, name in REPORT_FILES.items()}
     df.to_parquet(files["parquet"], index=False)
-    metrics = dvc_metrics(all_pooled, all_ok[all_ok["class_name"] != POOLED])
+    metrics = dvc_metrics(all_pooled, all_ok[~all_ok["class_name"].isin(SUMMARY)])
+    metrics["fid_mean_over_classes"] = _fid_mean(all_ok[all_ok["class_name"] == MEAN])
     files["json"].write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
     table = markdown_report(table3)
     if ablation:
@@ -215,19 +185,24 @@ def write_reports(
     files["markdown"].write_text(table)
     csv = pooled[[c for c in POOLED_COLUMNS if c in pooled]].copy()
     csv.to_csv(files["csv"], index=False)
-    if pooled.empty:
+    models = pooled[pooled["model"] != REAL]
+    floor = pooled[pooled["model"] == REAL]
+    if models.empty:
         placeholder_picture(files["plot"], "no benchmark cell measured yet")
+        placeholder_picture(files["front"], "no benchmark cell measured yet")
     else:
-        fid_vs_steps_plot(pooled, files["plot"], title="Pooled FID vs inference steps")
-    grids = step_grids(layout, ok)
+        fid_vs_steps_plot(models, files["plot"], title="FID (all classes) vs steps, 95% CI",
+                          floor=floor)  # fmt: skip
+        fid_vs_ms_plot(models, files["front"], floor=floor)
+    grids = step_grids(layout, ok[ok["model"] != REAL])
     skipped = df[df["status"] == "skipped"] if not df.empty else df
     return {
         "cells": int(df[["model", "steps"]].drop_duplicates().shape[0]) if not df.empty else 0,
-        "measured_cells": len(pooled),
+        "measured_cells": len(models),
         "skipped_cells": {
             f"{r.model}__{r.steps}": str(r.reason) for r in skipped.itertuples(index=False)
         },
-        "best_fid": _best(pooled),
+        "best_fid": _best(models),
         "files": {k: str(v) for k, v in files.items()},
         "step_grids": {k: str(v) for k, v in grids.items()},
         "table": table,
@@ -236,11 +211,13 @@ def write_reports(
 
 def ablation_markdown(pooled: pd.DataFrame, ablation: dict[int, str]) -> str:
     """The skip-k ablation as a table: pooled FID of each k's student (rows) by steps."""
+    from ops.eval.report_tables import fid_with_interval, table
+
     rows_of_students = pooled[pooled["model"].isin(list(ablation.values()))]
     steps = sorted(int(s) for s in rows_of_students["steps"].unique())
-    lookup = {(str(r.model), int(r.steps)): r.fid for r in pooled.itertuples(index=False)}
+    lookup = {(str(r.model), int(r.steps)): r for r in pooled.itertuples(index=False)}
     rows = [
-        [f"k = {k} (`{model}`)"] + [_fmt(lookup.get((model, s))) for s in steps]
+        [f"k = {k} (`{model}`)"] + [fid_with_interval(lookup.get((model, s))) for s in steps]
         for k, model in sorted(ablation.items())
     ]
     out = [
@@ -251,7 +228,7 @@ def ablation_markdown(pooled: pd.DataFrame, ablation: dict[int, str]) -> str:
         "1000/k cannot be sampled (–).",
         "",
     ]
-    return "\n".join(out + _table(["Skip k", *[str(s) for s in steps]], rows)) + "\n"
+    return "\n".join(out + table(["Skip k", *[str(s) for s in steps]], rows)) + "\n"
 
 
 def _best(pooled: pd.DataFrame) -> dict[str, Any] | None:
@@ -280,7 +257,7 @@ def k_ablation(params: dict[str, Any], layout: DataLayout) -> Path | None:
     rows: dict[int, dict[int, Any]] = {}
     for k, model in rows_by_k.items():
         sampler = ConsistencySampler(layout.model(model), float(cfg["guidance_scale"]))
-        for steps in sorted(int(s) for s in cfg["steps"]):
+        for steps in model_steps(cfg, model, list(rows_by_k.values())):
             try:
                 rows.setdefault(k, {})[steps] = sampler.images(prompt, 1, steps, seed)[0]
             except SkipCell:

@@ -35,11 +35,12 @@ class Unit:
     """One generation batch of a cell: ``n`` images of a class from one seed."""
 
     class_index: int  # position of the class in the evaluated classes (canonical order)
-    batch: int
+    batch: int  # counts on across generation seeds: (seed 0's batches, seed 1's, ...)
     class_name: str = field(compare=False)
     start: int = field(compare=False)  # index of its first image within the class
     n: int = field(compare=False)
     seed: int = field(compare=False)
+    replicate: int = field(compare=False, default=0)  # which generation seed
 
 
 @dataclass
@@ -58,16 +59,23 @@ def cell_units(
     classes: Sequence[str],
     images_per_class: int,
     batch_size: int,
-    seed_of: Callable[[str, int], int],
+    seed_of: Callable[[str, int, int], int],
+    replicates: int = 1,
 ) -> list[Unit]:
-    """Every unit of a cell in canonical order; ``seed_of(class_name, batch)`` is the seed."""
-    if images_per_class < 1 or batch_size < 1:
-        raise ValueError("images_per_class and generation_batch_size must be >= 1")
+    """Every unit of a cell in canonical order: per class, ``replicates`` generation seeds of
+    ``images_per_class`` images each; ``seed_of(class_name, replicate, batch)`` is the seed of
+    a batch (``batch`` counted within its replicate)."""
+    if images_per_class < 1 or batch_size < 1 or replicates < 1:
+        raise ValueError("images_per_class, generation_batch_size and seeds must be >= 1")
     units = []
     for c, name in enumerate(classes):
-        for b, start in enumerate(range(0, images_per_class, batch_size)):
-            n = min(batch_size, images_per_class - start)
-            units.append(Unit(c, b, name, start, n, seed_of(name, b)))
+        index = 0
+        for r in range(replicates):
+            for b, start in enumerate(range(0, images_per_class, batch_size)):
+                n = min(batch_size, images_per_class - start)
+                seed = seed_of(name, r, b)
+                units.append(Unit(c, index, name, r * images_per_class + start, n, seed, r))
+                index += 1
     return units
 
 

@@ -1,13 +1,16 @@
 """``llcm benchmark`` and ``llcm report``: the benchmark outside Dagster.
 
-    llcm benchmark [--models llcm lcm] [--steps 1 2 4] [--force] [--num-processes 2]
+    llcm benchmark [--profile full] [--models llcm lcm] [--steps 1 2 4] [--force]
+                   [--num-processes 2]
 
 runs the cells of ``--models`` x ``--steps`` (default: the whole configured grid) that are
 missing, stale or skipped (``--force``: all of them), then rewrites the reports from every cell
 of the configured grid and logs them to MLflow; prints a JSON summary (the table goes to
 ``reports/benchmark.md``). ``--num-processes N`` (default ``benchmark.num_processes``) shards
 the generation over N processes under ``accelerate launch``; the numbers do not change.
-``llcm report`` prints that markdown (Table 3 first).
+``--profile full`` overlays ``benchmark.profiles.full`` (the larger protocol: every model at
+every step count, more images per seed) on the configured grid.
+``llcm report`` prints that markdown.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         "force": args.force,
         "log_mlflow": not args.no_mlflow,
     }
+    if args.profile:
+        bench["profile"] = args.profile
     if args.num_processes:
         bench["num_processes"] = args.num_processes
     summary = build_benchmark(params, layout)
@@ -67,6 +72,9 @@ def register(sub) -> None:
         "--steps", nargs="+", type=int, default=[], help="step counts (default: benchmark.steps)"
     )
     parser.add_argument("--force", action="store_true", help="re-run cells even when fresh")
+    parser.add_argument(
+        "--profile", default=None, help="a benchmark.profiles entry overlaid on the grid (full)"
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument(
         "--num-processes",
