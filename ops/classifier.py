@@ -13,10 +13,22 @@ no unit is clipped to a constant 0 that would make the covariance singular), the
 linear head over the classes. Global pooling makes it resolution-agnostic; inputs are resized
 to ``classifier_resolution`` with clean-fid's resizer, for training and for features alike.
 
+Two options exist for findings of a pixel or two at 64 px (a fracture gap, a malaria ring
+form, a kidney stone): ``stem_pool=False`` drops the max-pool after the stem, so the second
+block still sees 32x32, and ``global_pool="avgmax"`` concatenates global max pooling to the
+average, so a small local finding is not diluted by the rest of the image. Measured on 64 px
+phantoms (200 train images a class, 20 epochs, widths 8-16-32-64): test accuracy 0.77 (plain)
+-> 0.86 (avgmax) -> 0.99 (avgmax, no stem pool), malaria 0.0 -> 0.93; at 160 a class or 14
+epochs the malaria pair is not learned (0.4-0.5).
+
 Why ``feature_dim`` 32 by default (Inception has 2048): the Frechet distance needs a covariance
 estimate with d(d+1)/2 parameters, the sample covariance has rank <= n - 1, and the upward bias
 of FID grows with d/n. Per-class reference sets of the small presets hold tens of images, so a
 32-d space keeps FID finite and comparable where 2048-d would be pure noise.
+The tiny preset uses 16, measured: FID between two disjoint real draws of one class at
+n = 64 (the benchmark's per-class n), over its median between-class FID, was 0.0011 / 0.0012 /
+0.0017 / 0.0018 for d = 8 / 16 / 32 / 64 (coefficient of variation 1.0 / 0.72 / 0.71 / 0.85
+over 16 classes x 3 draws): 16 is as unbiased as 8 and as stable as 32.
 
 Input convention (clean-fid's ``custom_feat_extractor``): float ``(B, 3, S, S)`` in [0, 255]
 (uint8 accepted), scaled to [-1, 1] inside the model.
@@ -52,6 +64,7 @@ MODEL_NAME = "domain_classifier"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 DEFAULT_WIDTHS = (16, 32, 64, 64)
+GLOBAL_POOLS = ("avg", "avgmax")
 
 
 def _groups(width: int) -> int:
@@ -70,13 +83,19 @@ class DomainClassifier(nn.Module):
         feature_dim: int = 32,
         resolution: int = 64,
         widths: Sequence[int] = DEFAULT_WIDTHS,
+        global_pool: str = "avg",
+        stem_pool: bool = True,
     ) -> None:
         super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         self.config = {
             "num_classes": int(num_classes),
             "feature_dim": int(feature_dim),
             "resolution": int(resolution),
             "widths": [int(w) for w in widths],
+            "global_pool": global_pool,
+            "stem_pool": bool(stem_pool),
         }
         layers: list[nn.Module] = []
         in_ch = 3
@@ -88,11 +107,11 @@ class DomainClassifier(nn.Module):
                 nn.GroupNorm(_groups(width), width),
                 nn.ReLU(inplace=True),
             ]
-            if i < len(widths) - 1:
+            if i < len(widths) - 1 and (i > 0 or stem_pool):
                 layers.append(nn.MaxPool2d(2))
             in_ch = width
         self.trunk = nn.Sequential(*layers)
-        self.embed = nn.Linear(in_ch, feature_dim)
+        self.embed = nn.Linear(in_ch * (2 if global_pool == "avgmax" else 1), feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
 
     @property
@@ -103,10 +122,18 @@ class DomainClassifier(nn.Module):
     def resolution(self) -> int:
         return self.config["resolution"]
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Globally pooled trunk output of images in [0, 255]: the average of each channel,
+        and with ``global_pool="avgmax"`` also its maximum (a finding of a pixel or two)."""
+        maps = self.trunk(x.float() / 127.5 - 1.0)
+        pooled = maps.mean(dim=(2, 3))
+        if self.config["global_pool"] == "avgmax":
+            pooled = torch.cat([pooled, maps.amax(dim=(2, 3))], dim=1)
+        return pooled
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features of images in [0, 255] (float or uint8), shape (B, feature_dim)."""
-        x = x.float() / 127.5 - 1.0
-        return self.embed(self.trunk(x).mean(dim=(2, 3)))
+        return self.embed(self.pooled(x))
 
     def logits_from_features(self, feats: torch.Tensor) -> torch.Tensor:
         return self.head(F.relu(feats))
@@ -220,7 +247,12 @@ def load_domain_classifier(
         )
     cfg = json.loads(cfg_path.read_text())
     model = DomainClassifier(
-        cfg["num_classes"], cfg["feature_dim"], cfg["resolution"], cfg["widths"]
+        cfg["num_classes"],
+        cfg["feature_dim"],
+        cfg["resolution"],
+        cfg["widths"],
+        global_pool=cfg.get("global_pool", "avg"),
+        stem_pool=cfg.get("stem_pool", True),
     )
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     return model.to(device).eval(), list(cfg["class_names"])
@@ -274,6 +306,8 @@ def train_classifier(
     feature_dim: int = 32,
     resolution: int = 64,
     widths: Sequence[int] = DEFAULT_WIDTHS,
+    global_pool: str = "avg",
+    stem_pool: bool = True,
     epochs: int = 15,
     batch_size: int = 32,
     learning_rate: float = 2e-3,
@@ -292,7 +326,9 @@ def train_classifier(
     with torch_threads(num_threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        model = DomainClassifier(num_classes, feature_dim, resolution, widths).to(device)
+        model = DomainClassifier(
+            num_classes, feature_dim, resolution, widths, global_pool, stem_pool
+        ).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
         steps_per_epoch = max(1, -(-len(x) // batch_size))
         sched = torch.optim.lr_scheduler.OneCycleLR(
@@ -356,6 +392,8 @@ def build_domain_classifier(
         feature_dim=int(cfg.get("classifier_feature_dim", 32)),
         resolution=resolution,
         widths=tuple(cfg.get("classifier_widths", DEFAULT_WIDTHS)),
+        global_pool=str(cfg.get("classifier_global_pool", "avg")),
+        stem_pool=bool(cfg.get("classifier_stem_pool", True)),
         epochs=int(cfg.get("classifier_epochs", 15)),
         batch_size=int(cfg.get("classifier_batch_size", 32)),
         learning_rate=float(cfg.get("classifier_learning_rate", 2e-3)),
@@ -369,11 +407,21 @@ def build_domain_classifier(
         train_accuracy, _ = _accuracy(model, x_train, y_train, len(class_names))
     model = model.cpu()
     trained = set(train_rows["class_name"].astype(str))
+    seen = torch.tensor(
+        [c in trained for c in test_rows["class_name"].astype(str)], dtype=torch.bool
+    )
+    with torch_threads(cfg.get("classifier_threads")):
+        # holdout classes (never trained) count as misses in test_accuracy; this one leaves them out
+        test_accuracy_trained, _ = _accuracy(model, x_test[seen], y_test[seen], len(class_names))
     summary = {
         "test_accuracy": test_accuracy,
+        "test_accuracy_trained_classes": test_accuracy_trained,
         "train_accuracy": train_accuracy,
         "per_class_accuracy": dict(zip(class_names, per_class, strict=True)),
         "feature_dim": model.feature_dim,
+        "widths": model.config["widths"],
+        "global_pool": model.config["global_pool"],
+        "stem_pool": model.config["stem_pool"],
         "resolution": resolution,
         "num_classes": len(class_names),
         "n_train": len(train_rows),
