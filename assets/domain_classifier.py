@@ -21,7 +21,8 @@ def accuracy_markdown(per_class: dict) -> str:
     description="Domain classifier on MedImgs: FID/KID features and class fidelity.",
 )
 def domain_classifier(params: ParamsResource, data: DataResource) -> dg.MaterializeResult:
-    from ops.eval.classifier import MODEL_NAME, build_domain_classifier
+    from ops.eval.classifier import MODEL_NAME
+    from ops.eval.classifier_training import build_domain_classifier
 
     summary = build_domain_classifier(params.load(), data.layout)
     return dg.MaterializeResult(

@@ -53,7 +53,7 @@ def bench_world(tmp_path_factory) -> dict:
     from metric_fixtures import make_shape_dataset
     from micro_sd import build_micro_lcm
 
-    from ops.eval.classifier import build_domain_classifier
+    from ops.eval.classifier_training import build_domain_classifier
     from ops.training.runtime import torch_threads
 
     root = tmp_path_factory.mktemp("bench_world")

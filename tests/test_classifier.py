@@ -15,13 +15,13 @@ from ops.eval.classifier import (
     CONFIG_FILE,
     MODEL_NAME,
     WEIGHTS_FILE,
-    build_domain_classifier,
     classify,
     feature_extractor,
     load_domain_classifier,
     predict_from_features,
     torch_threads,
 )
+from ops.eval.classifier_training import build_domain_classifier
 from ops.eval.features import extract_features, load_images
 from ops.layout import DataLayout
 
@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     manifest = make_shape_dataset(layout, n_train=30, n_test=12, n_holdout=2, size=32)
     params = load_params(REPO / "params.yaml", preset="micro")
     params["presets"]["micro"]["benchmark"]["classifier_epochs"] = 10
-    params["benchmark"]["classifier_batch_size"] = 16
+    params["presets"]["micro"]["benchmark"]["classifier_batch_size"] = 16
     with torch_threads(1):
         summary = build_domain_classifier(params, layout, device="cpu")
     return layout, manifest, summary
@@ -49,6 +49,7 @@ def test_reaches_high_test_accuracy(trained):
     assert summary["n_holdout_excluded"] == 6
     assert summary["feature_dim"] == 32 and summary["resolution"] == 32
     assert summary["train_seconds"] > 0
+    assert summary["test_accuracy_trained_classes"] == summary["test_accuracy"]  # all trained
 
 
 def test_saved_as_safetensors_with_config(trained):
@@ -89,3 +90,41 @@ def test_extractor_follows_clean_fid_input_convention(trained):
     assert torch.equal(extractor.fn(x), extractor.fn(x.float()))
     with pytest.raises(ValueError, match="custom_fn_resize"):
         extractor.fn(torch.zeros(1, 3, 299, 299))
+
+
+def test_small_finding_options_round_trip(tmp_path):
+    """No stem pool + avg/max pooling (the tiny preset's) is saved and rebuilt exactly."""
+    from ops.eval.classifier import DomainClassifier, save_domain_classifier
+
+    torch.manual_seed(0)
+    model = DomainClassifier(3, 8, 32, (4, 8), global_pool="avgmax", stem_pool=False).eval()
+    save_domain_classifier(model, ["a", "b", "c"], tmp_path)
+    again, names = load_domain_classifier(DataLayout.from_env(tmp_path), directory=tmp_path)
+    x = torch.rand(2, 3, 32, 32) * 255
+    assert names == ["a", "b", "c"] and again.config == model.config
+    assert torch.equal(model.features(x), again.features(x))
+    assert model.embed.in_features == 2 * 8  # average and max of the last block's 8 channels
+
+
+def test_max_pooling_sees_a_one_pixel_spot():
+    """With avgmax a single bright pixel moves the features more than with plain averaging:
+    the reason it is on for findings of a pixel or two."""
+    from ops.eval.classifier import DomainClassifier
+
+    x = torch.zeros(1, 3, 32, 32)
+    spot = x.clone()
+    spot[..., 16, 16] = 255.0
+    shifts = {}
+    for pool in ("avg", "avgmax"):
+        torch.manual_seed(0)
+        model = DomainClassifier(2, 8, 32, (4, 8), global_pool=pool, stem_pool=False).eval()
+        with torch.no_grad():
+            shifts[pool] = float((model.pooled(spot) - model.pooled(x)).abs().max())
+    assert shifts["avgmax"] > 2 * shifts["avg"], shifts
+
+
+def test_tiny_preset_uses_the_small_finding_classifier():
+    from ops.config import stage_config
+
+    cfg = stage_config(load_params(REPO / "params.yaml", preset="tiny"), "benchmark")
+    assert cfg["classifier_global_pool"] == "avgmax" and cfg["classifier_stem_pool"] is False
