@@ -13,12 +13,12 @@ from metric_fixtures import make_shape_dataset
 from scipy import linalg
 
 import ops.eval.reference as reference_module
-from ops.eval import distances, features, metrics
+from ops.eval import distances, features
 from ops.eval.classifier import DomainClassifier, feature_extractor
+from ops.eval.classwise import sample_size_warnings
 from ops.eval.distances import FeatureStats, frechet_distance, kid
 from ops.eval.extractor import load_extractor
 from ops.eval.features import extract_features
-from ops.eval.metrics import evaluate_cell
 from ops.eval.reference import reference_path, reference_stats
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -112,21 +112,10 @@ def test_kid_is_seeded_and_leaves_global_rng_alone():
     assert np.array_equal(np.random.get_state()[1], before)
 
 
-def test_evaluate_cell_reports_n_and_warns_when_rank_deficient():
-    rng = np.random.default_rng(5)
-    gen, ref = rng.normal(size=(6, 8)), rng.normal(size=(40, 8))
-    cell = evaluate_cell(
-        FeatureStats.from_features(gen), FeatureStats.from_features(ref), gen, ref, kid_subsets=5
-    )
-    row = cell.as_dict()
-    assert row["n"] == 6 and row["n_ref"] == 40 and row["feature_dim"] == 8
-    assert np.isfinite(row["fid"]) and row["kid"] is not None
-    assert "generated n=6 <= feature dim 8" in row["warnings"]
-    assert "reference" not in row["warnings"]
-
-
-def test_class_fidelity():
-    assert metrics.class_fidelity([2, 2, 1, 2], 2) == 0.75
+def test_sample_size_warnings_flag_rank_deficient_covariances():
+    warnings_ = sample_size_warnings(6, 40, 8)
+    assert warnings_ == ["generated n=6 <= feature dim 8: covariance rank-deficient, FID biased"]
+    assert sample_size_warnings(64, 64, 16) == []
 
 
 def test_to_uint8_accepts_float_tensors_and_nchw():

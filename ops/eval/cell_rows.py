@@ -22,8 +22,8 @@ from ops.eval.classwise import (
     mixture_moments,
     moments,
     point_metrics,
+    sample_size_warnings,
 )
-from ops.eval.metrics import sample_size_warnings
 from ops.eval.saved_features import save_npz
 
 

@@ -140,3 +140,12 @@ def replicate_metrics(
         }
     all_fid = fast_frechet(*mixture_moments(gen_parts), *mixture_moments(ref_parts))
     return summarise(per_class, all_fid)
+
+
+def sample_size_warnings(n_gen: int, n_ref: int, dim: int) -> list[str]:
+    """A warning for each side whose covariance cannot be full rank (rank <= n - 1 < dim)."""
+    out = []
+    for side, n in (("generated", n_gen), ("reference", n_ref)):
+        if n <= dim:
+            out.append(f"{side} n={n} <= feature dim {dim}: covariance rank-deficient, FID biased")
+    return out

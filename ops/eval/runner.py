@@ -1,32 +1,16 @@
-"""The benchmark grid: models x inference steps x evaluated classes, measured side by side.
+"""The benchmark grid run end to end: every cell of the plan that is missing, stale or was
+skipped (``ops.eval.cells``, one (model, steps) pair over every evaluated class), then the
+reports (``ops.eval.report``), on one process or on every rank of a launch.
 
-A *cell* is one (model, steps) pair over every evaluated class. :func:`run_cell` generates
-``images_per_class`` images per class in batches and streams each batch straight into feature
-extraction (no image files, except a few samples per class kept as the cell's grid picture),
-then measures per class and pooled over the classes:
-
-* FID against the real test split of the class (reference stats cached by ``ops.eval.metrics``),
-* KID (unbiased, so meaningful at the small n of the CPU presets),
-* n (generated) and n_ref (real), with ``ops.eval.metrics``' warnings when n <= feature dim,
-* class fidelity: share of images the domain classifier assigns to the prompted class,
-* wall-clock seconds per image of generation (model loading and feature extraction excluded;
-  summed over the processes of a sharded run, so per process-image) and the UNet evaluations
-  per image (``nfe``; classifier-free guidance doubles the teacher's).
-
-Generation can be sharded over the processes of a launch (``benchmark.num_processes``, or
-Dagster's launcher): each process generates its own (class, batch) units, whose seeds do not
-depend on the process, and rank 0 reassembles them in order (``ops.eval.shards``), so the
-numbers equal a single-process run's.
-
-The *pooled* row (``class_name == "all"``) merges the per-class statistics exactly
-(``FeatureStats.merge_all``) and is the number Table 3 reports; per-class rows are kept next to
-it. Each cell is written to ``reports/cells/<model>__<steps>.parquet`` with a fingerprint of
-everything it was computed from (model files, extractor, reference images, config), so cells
-re-run independently (a Dagster partition each) and :func:`run_benchmark` reruns only cells
-that are missing, stale or were skipped. Models missing on disk give a ``skipped`` row with
-the reason instead of failing, so a partial pipeline still benchmarks what exists.
-
-:func:`summarize` assembles the cell files into the reports (``ops.eval.report``).
+Each cell is written to ``reports/cells/<model>__<steps>.parquet`` with a fingerprint of
+everything it was computed from (model files, reference images, extractor, config, and the
+metric and sampler code, ``ops.eval.versions``), so cells re-run independently (a Dagster
+partition each) and :func:`run_benchmark` reruns only what changed. Generation can be sharded
+over the processes of a launch (``benchmark.num_processes``, or Dagster's launcher): each
+process generates its own (class, batch) units, whose seeds do not depend on the process, and
+rank 0 reassembles them in order (``ops.eval.shards``), so the numbers equal a single-process
+run's. Models missing on disk give a ``skipped`` row with the reason instead of failing, so a
+partial pipeline still benchmarks what exists. What each row holds: docs/evaluation.md.
 """
 
 from __future__ import annotations
