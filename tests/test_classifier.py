@@ -19,11 +19,11 @@ from ops.eval.classifier import (
     feature_extractor,
     load_domain_classifier,
     predict_from_features,
-    torch_threads,
 )
 from ops.eval.classifier_training import build_domain_classifier
 from ops.eval.features import extract_features, load_images
 from ops.layout import DataLayout
+from ops.training.runtime import torch_threads
 
 REPO = Path(__file__).resolve().parent.parent
 
