@@ -97,3 +97,30 @@ def _class_keys(classes: dict[str, tuple[str, bool]]) -> dict[str, str]:
         for k, d in ((fam.healthy, False), (fam.diseased, True))
     }
     return {name: keys[value] for name, value in classes.items()}
+
+
+def test_benchmark_cells_read_the_finding_of_every_generated_phantom_image(stored):
+    """The benchmark's per-image reading (``ops.eval.cells``): a unit of real stored images of
+    a class agrees with that class; the same images under the class's opposite disagree; a
+    class without a reader gives no reading."""
+    from ops.eval.cells import _findings, finding_agreement
+    from ops.eval.shards import Unit, UnitResult
+
+    names = phantom_classes()
+    fam = next(f for f in FAMILIES if f.name == "brain_mri")
+    healthy, diseased = (
+        next(n for n, (f, d) in names.items() if f == fam.name and d == flag)
+        for flag in (False, True)
+    )
+    images = np.stack(stored[fam.diseased])
+    units = [
+        Unit(0, 0, diseased, 0, len(images), 0),
+        Unit(1, 0, healthy, 0, len(images), 0),
+    ]
+    results = [
+        UnitResult(u, np.zeros((len(images), 2)), None, 0.0, [], _findings(u.class_name, images))
+        for u in units
+    ]
+    agreement = finding_agreement(results)
+    assert agreement[diseased] >= 0.95 and agreement[healthy] <= 0.05
+    assert _findings("not_a_phantom_class", images) is None

@@ -20,6 +20,7 @@ gives a ``skipped`` row with the reason instead of failing.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from itertools import groupby
@@ -72,6 +73,40 @@ def _predict(context: BenchContext, images: np.ndarray, feats: np.ndarray) -> np
     return classify(context.classifier, images)
 
 
+@functools.cache
+def _phantom_labels() -> dict[str, tuple[str, bool]]:
+    """Phantom class -> (family, diseased) of the registry's phantom source ({} without one)."""
+    from ops.eval.findings import READERS, phantom_classes
+
+    try:
+        labels = phantom_classes()
+    except (StopIteration, FileNotFoundError, KeyError):
+        return {}
+    return {name: label for name, label in labels.items() if label[0] in READERS}
+
+
+def _findings(class_name: str, images: np.ndarray) -> np.ndarray | None:
+    """Per image: does the finding read from its pixels (``ops.eval.findings``, no learned
+    weights) match the class it was prompted for? None for classes without a reader."""
+    from ops.eval.findings import read_finding
+
+    label = _phantom_labels().get(class_name)
+    if label is None:
+        return None
+    family, diseased = label
+    return np.array([read_finding(family, image).diseased == diseased for image in images])
+
+
+def finding_agreement(results: list[UnitResult]) -> dict[str, float]:
+    """Per class: the share of its generated images whose read finding matches its label."""
+    out: dict[str, float] = {}
+    for name, group in groupby(results, key=lambda r: r.unit.class_name):
+        found = [r.findings for r in group if r.findings is not None]
+        if found:
+            out[name] = float(np.concatenate(found).mean())
+    return out
+
+
 def _generate_unit(context: BenchContext, sampler: Sampler, unit: Unit, steps: int) -> UnitResult:
     """Generate one unit's images, featurise and classify them; keep its grid samples."""
     from ops.training.runtime import torch_threads
@@ -84,7 +119,8 @@ def _generate_unit(context: BenchContext, sampler: Sampler, unit: Unit, steps: i
         feats = extract_features(images, context.extractor, device=context.device)
         preds = _predict(context, images, feats)
     keep = max(0, int(context.cfg["grid_samples"]) - unit.start)
-    return UnitResult(unit, feats, preds, seconds, list(images[:keep]))
+    findings = _findings(unit.class_name, images)
+    return UnitResult(unit, feats, preds, seconds, list(images[:keep]), findings)
 
 
 def generate_cell(
@@ -210,10 +246,13 @@ def measure_cell(
         "measured_at": pd.Timestamp.now(tz="UTC").isoformat(),
     }
     total_seconds = sum(seconds.values())
+    agreement = finding_agreement(results)
     for i, row in enumerate(rows):
         name = row["class_name"]
         summary = name in SUMMARY
         row.update(common)
+        values = list(agreement.values()) if summary else [agreement.get(name, float("nan"))]
+        row["finding_agreement"] = float(np.mean(values)) if values else float("nan")
         row["prompt"] = "" if summary else sampler.prompt_for(name, context.classes[name])[0]
         row["seconds_per_image"] = (total_seconds if summary else seconds[name]) / max(1, row["n"])
         row["wall_seconds"] = wall if name == POOLED else float("nan")

@@ -64,6 +64,15 @@ def _grid(rows: pd.DataFrame, cell) -> list[str]:
     return table(["Model", *[str(s) for s in steps]], body)
 
 
+def _per_class(per_class: pd.DataFrame, classes: list[str], column: str) -> list[str]:
+    """One row per (model, steps), one column per class."""
+    body = []
+    for (model, steps), cell in per_class.groupby(["model", "steps"], sort=False):
+        values = dict(zip(cell["class_name"], cell[column], strict=True))
+        body.append([str(model), str(steps)] + [fmt(values.get(c)) for c in classes])
+    return table(["Model", "Steps", *classes], body)
+
+
 def markdown_report(df: pd.DataFrame) -> str:
     """Floor, FID (all / mean over classes) with intervals, differences, KID, fidelity,
     precision/recall/density/coverage, per-class FID, timing, skipped cells, warnings."""
@@ -119,12 +128,19 @@ def markdown_report(df: pd.DataFrame) -> str:
                 )
             ),
         )
-        out += ["", "## Per-class FID", ""]
-        body = []
-        for (model, steps), cell in per_class.groupby(["model", "steps"], sort=False):
-            fid = dict(zip(cell["class_name"], cell["fid"], strict=True))
-            body.append([str(model), str(steps)] + [fmt(fid.get(c)) for c in classes])
-        out += table(["Model", "Steps", *classes], body)
+        if "finding_agreement" in mean:
+            out += [
+                "",
+                "## Finding agreement (the finding read from the pixels, mean over classes)",
+                "",
+            ]
+            out += _grid(mean, lambda r: "–" if r is None else fmt(r.finding_agreement))
+        out += ["", "## Per-class FID", ""] + _per_class(per_class, classes, "fid")
+        out += ["", "## Per-class class fidelity", ""]
+        out += _per_class(per_class, classes, "class_fidelity")
+        if "finding_agreement" in per_class:
+            out += ["", "## Per-class finding agreement", ""]
+            out += _per_class(per_class, classes, "finding_agreement")
         out += ["", "## Generation time (ms per image; UNet evaluations per image; seeds)", ""]
         out += _grid(
             pooled,

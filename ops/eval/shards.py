@@ -45,14 +45,16 @@ class Unit:
 
 @dataclass
 class UnitResult:
-    """What a rank sends back for a unit: features, class predictions, generation seconds and
-    the images the cell's grid picture keeps (only from units at the start of a class)."""
+    """What a rank sends back for a unit: features, class predictions, generation seconds, the
+    images the cell's grid picture keeps (only from units at the start of a class) and, for
+    phantom classes, whether each image's finding read from its pixels matches the class."""
 
     unit: Unit
     features: np.ndarray
     predictions: np.ndarray | None
     seconds: float
     samples: list[np.ndarray]
+    findings: np.ndarray | None = None
 
 
 def cell_units(
