@@ -21,6 +21,7 @@ STAGES: dict[str, str] = {
     "raw_sources": "ops.data.sources.materialize:materialize_raw_sources",
     "medimgs_manifest": "ops.data.cleaning.build:build_medimgs",
     "autoencoder": "ops.models.autoencoder:build_autoencoder",
+    "autoencoder_fidelity": "ops.eval.vae_fidelity:build_vae_fidelity",
     "latents": "ops.models.latents:build_latents",
     "teacher": "ops.models.teacher:build_teacher",
     "llcm": "ops.distill.stage:build_llcm",

@@ -4,12 +4,16 @@
 ``text_encoder/``, safetensors weights) that the latents and teacher stages build on:
 
 - ``sd15``: SD 1.5's VAE, tokenizer and CLIP text encoder, as they are.
-- ``tiny``/``micro``: a CLIP-compatible BPE tokenizer trained on the prompts, a frozen
-  randomly initialised CLIP text encoder (see ``ops.models.presets.build_text_encoder``), and an
+- ``tiny``/``micro``: a CLIP-compatible BPE tokenizer trained on the prompts, a randomly
+  initialised CLIP text encoder (see ``ops.models.presets.build_text_encoder``), trained for
+  ``text.separation_steps`` to pull the prompts' embeddings apart (``ops.models.text_separation``)
+  and then frozen, and an
   ``AutoencoderKL`` trained here on the MedImgs train split with SD's KL-regularised objective.
 
 Either way the VAE's reconstruction PSNR on the test split is measured, a grid of originals
-over reconstructions is saved, and everything is logged to one MLflow run.
+over reconstructions is saved, and everything is logged to one MLflow run. Whether the VAE
+keeps the diagnosis (the domain classifier on originals and reconstructions) is the
+``autoencoder_fidelity`` stage, ``ops.eval.vae_fidelity``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from ops.config import stage_config
 from ops.layout import DataLayout
@@ -31,6 +34,8 @@ from ops.models.presets import (
     is_pretrained,
     vae_downsample_factor,
 )
+from ops.models.text_separation import family_pairs, separate_prompts, separation_report
+from ops.models.vae_loss import reconstruction_loss
 from ops.tracking.runs import MlflowRun, resume_and_start_run
 from ops.training.batches import GlobalBatchPlan
 from ops.training.checkpoint import CheckpointStore, atomic_directory
@@ -57,6 +62,7 @@ from ops.training.runtime import (
 STAGE = "autoencoder"
 BASE_MODEL = "base"
 GRID_FILE = "reconstructions.png"
+FAMILY_FIELDS = ("species", "body_part", "modality")
 
 
 def autoencoder_config(params: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +100,7 @@ def save_text_components(
         tokenizer = build_tokenizer(cfg, prompts, tok_dir)
         tokenizer.save_pretrained(tok_dir)
     encoder = build_text_encoder(cfg, tokenizer, seed=int(cfg["seed"]))
+    separation = train_prompt_separation(cfg, encoder, tokenizer, manifest)
     with atomic_directory(base / "text_encoder") as enc_dir:
         encoder.save_pretrained(enc_dir, safe_serialization=True)
     return {
@@ -101,6 +108,42 @@ def save_text_components(
         "vocab_size": len(tokenizer),
         "text_encoder_parameters": count_parameters(encoder),
         "prompts": len(prompts),
+        **separation,
+    }
+
+
+def train_prompt_separation(
+    cfg: dict[str, Any], encoder, tokenizer, manifest: pd.DataFrame
+) -> dict[str, Any]:
+    """Measure how far apart the prompts' embeddings are; for a built (not pretrained) encoder
+    with ``separation_steps`` > 0, first train them apart (``ops.models.text_separation``).
+
+    Prompts are every manifest prompt plus ``""`` (the unconditional input); family pairs are
+    prompts with the same species, body part and modality.
+    """
+    labels = manifest.drop_duplicates("prompt").sort_values("prompt")
+    prompts = [""] + labels["prompt"].tolist()
+    pairs = [
+        (i + 1, j + 1) for i, j in family_pairs(labels[list(FAMILY_FIELDS)].to_dict("records"))
+    ]
+    before = separation_report(encoder, tokenizer, prompts, pairs)
+    steps = 0 if is_pretrained(cfg) else int(cfg.get("separation_steps", 0))
+    if steps <= 0:
+        return {f"text_{k}": v for k, v in before.items()}
+    losses = separate_prompts(
+        encoder,
+        tokenizer,
+        prompts,
+        steps=steps,
+        learning_rate=float(cfg.get("separation_learning_rate", 1e-3)),
+        seed=int(cfg["seed"]),
+    )
+    after = separation_report(encoder, tokenizer, prompts, pairs)
+    return {
+        **{f"text_{k}": v for k, v in after.items()},
+        **{f"text_{k}_untrained": v for k, v in before.items()},
+        "text_separation_steps": steps,
+        "text_separation_final_loss": losses[-1],
     }
 
 
@@ -112,13 +155,28 @@ class VaeObjective(torch.nn.Module):
     latent entries per sample and weighs the KL by ``kl_weight`` (1e-6). Both are divided by
     the pixel count here, which keeps that balance while the loss reads as a mean absolute
     error. The tiny weight keeps latents close to deterministic while bounding their scale.
+    Optional terms (``ops.models.vae_loss.reconstruction_loss``): a squared error, which unlike L1
+    does not settle for the median and so keeps rare bright pixels, and an L1 on image
+    gradients, which weighs the edges of small findings. Defaults: SD's L1 alone.
     Wrapping encode + decode in one ``forward`` lets DDP see a single forward call.
     """
 
-    def __init__(self, vae: torch.nn.Module, kl_weight: float) -> None:
+    def __init__(
+        self,
+        vae: torch.nn.Module,
+        kl_weight: float,
+        l1_weight: float = 1.0,
+        l2_weight: float = 0.0,
+        gradient_weight: float = 0.0,
+    ) -> None:
         super().__init__()
         self.vae = vae
         self.kl_weight = kl_weight
+        self.weights = {
+            "l1_weight": l1_weight,
+            "l2_weight": l2_weight,
+            "gradient_weight": gradient_weight,
+        }
 
     def forward(self, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         posterior = self.vae.encode(images).latent_dist
@@ -126,7 +184,7 @@ class VaeObjective(torch.nn.Module):
         recon = self.vae.decode(latents).sample
         pixels = images[0].numel()
         kl = posterior.kl().mean() / pixels
-        return F.l1_loss(recon.float(), images) + self.kl_weight * kl
+        return reconstruction_loss(recon, images, **self.weights) + self.kl_weight * kl
 
 
 def train_autoencoder(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
@@ -149,7 +207,13 @@ def _train_autoencoder(cfg: dict[str, Any], params: dict[str, Any], layout: Data
     vae = build_vae(cfg)
     side = cfg["resolution"] // vae_downsample_factor(vae)
     latent_shape = (int(vae.config.latent_channels), side, side)
-    objective = VaeObjective(vae, float(cfg["kl_weight"]))
+    objective = VaeObjective(
+        vae,
+        float(cfg["kl_weight"]),
+        l1_weight=float(cfg.get("l1_weight", 1.0)),
+        l2_weight=float(cfg.get("l2_weight", 0.0)),
+        gradient_weight=float(cfg.get("gradient_weight", 0.0)),
+    )
     optimizer = torch.optim.AdamW(vae.parameters(), lr=float(cfg["learning_rate"]))
     objective, optimizer = accelerator.prepare(objective, optimizer)
 

@@ -118,6 +118,8 @@ def build_text_encoder(cfg: Mapping[str, Any], tokenizer, seed: int):
     the UNet's cross-attention learns to read them (prompts differ in a few words, and those
     tokens' embeddings differ). Frozen also means the prompt embeddings can be cached once by
     the latents stage, as for SD, whose CLIP encoder stays frozen during fine-tuning.
+    The random map leaves a family's healthy and diseased prompts at cosine ~0.97, though, so
+    the autoencoder stage trains it apart on the prompts before saving (``ops.text_separation``).
     """
     from transformers import CLIPTextConfig, CLIPTextModel
 
