@@ -377,3 +377,15 @@ def test_a_change_to_the_sampler_code_reruns_only_its_family(world, grid, monkey
     assert rerun["measured"] == ["llcm__1"] and rerun["reused"] == ["teacher_ddim__1"]
     monkeypatch.undo()
     run_cells(params, layout, [("llcm", 1)])  # restore for the other tests
+
+
+def test_class_fidelity_table_gathers_ceiling_and_each_model_per_class(world, grid):
+    from ops.eval.fidelity_table import FILE, fidelity_columns
+
+    text = (world["layout"].reports / FILE).read_text()
+    columns = fidelity_columns(world["layout"])
+    classes = set(evaluated_classes(world["params"], world["manifest"]))
+    assert classes <= set(columns["ceiling (real test images)"])
+    assert any(name.startswith("teacher DPM-Solver++") for name in columns)
+    assert set(columns["llcm 1"]) == classes
+    assert "| **mean** |" in text and "ceiling (real test images)" in text

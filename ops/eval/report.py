@@ -42,6 +42,7 @@ from ops.eval.context import (
     evaluated_classes,
     image_seed,
 )
+from ops.eval.fidelity_table import write_fidelity_table
 from ops.eval.plan import (
     ConsistencySampler,
     SkipCell,
@@ -195,6 +196,7 @@ def write_reports(
                           floor=floor)  # fmt: skip
         fid_vs_ms_plot(models, files["front"], floor=floor)
     grids = step_grids(layout, ok[ok["model"] != REAL])
+    files["class_fidelity"] = write_fidelity_table(layout)
     skipped = df[df["status"] == "skipped"] if not df.empty else df
     return {
         "cells": int(df[["model", "steps"]].drop_duplicates().shape[0]) if not df.empty else 0,

@@ -55,6 +55,9 @@ def run_report(args: argparse.Namespace) -> int:
             "materialise the Dagster asset `benchmark` first"
         )
     print(path.read_text(), end="")
+    fidelity = layout.reports / "class_fidelity.md"
+    if fidelity.is_file():
+        print("\n" + fidelity.read_text(), end="")
     return 0
 
 
