@@ -82,6 +82,16 @@ class DataLayout:
         return self.root / "reports"
 
     @property
+    def utility_table(self) -> Path:
+        """Train on synthetic, test on real (``ops.privacy``); the benchmark table reads it."""
+        return self.reports / "utility.parquet"
+
+    @property
+    def privacy_table(self) -> Path:
+        """The memorisation audit per model and class (``ops.privacy``); read by the benchmark."""
+        return self.reports / "privacy_audit.parquet"
+
+    @property
     def mlflow_db(self) -> Path:
         return self.root / "mlflow" / "mlflow.db"
 

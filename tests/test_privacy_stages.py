@@ -16,9 +16,7 @@ from metric_fixtures import make_shape_dataset
 
 from ops.layout import DataLayout
 from ops.privacy.stages import (
-    AUDIT_FILE,
     AUDIT_SUMMARY,
-    UTILITY_FILE,
     build_privacy_audit,
     build_utility,
 )
@@ -59,7 +57,7 @@ def test_audit_judges_each_models_synthetic_set_and_reuses_it(world, layout):
     params = privacy_params(world)
     summary = build_privacy_audit(params, layout)
     assert summary["skipped"] == ["lcm"] and summary["threshold"] > 0
-    table = pd.read_parquet(layout.reports / AUDIT_FILE)
+    table = pd.read_parquet(layout.privacy_table)
     pooled = table[table["class_name"] == "all"].set_index("model")
     classes = sorted(pd.read_parquet(layout.manifest)["class_name"].unique())
     assert set(pooled.index) == {"llcm", "teacher_dpmpp"}
@@ -79,7 +77,7 @@ def test_audit_judges_each_models_synthetic_set_and_reuses_it(world, layout):
 
 def test_utility_trains_on_real_synthetic_and_both(world, layout, capsys):
     summary = build_utility(privacy_params(world), layout)
-    table = pd.read_parquet(layout.reports / UTILITY_FILE)
+    table = pd.read_parquet(layout.utility_table)
     pooled = table[table["class_name"] == "all"]
     runs = set(zip(pooled["model"], pooled["training"], strict=True))
     assert ("real", "real") in runs
@@ -117,3 +115,18 @@ def test_assets_materialise_with_tables_pictures_and_the_check(world, layout, tm
     assert events["privacy_audit"]["closest_pairs_llcm"].value.startswith("![closest pairs")
     checks = result.get_asset_check_evaluations()
     assert len(checks) == 1 and checks[0].metadata["limit"].value > 0
+
+    # the benchmark table gains the two columns on each judged model's row at its steps
+    from ops.eval.usability import add_usability, usability_markdown
+
+    cells = pd.DataFrame(
+        [
+            {"model": "llcm", "steps": 1, "class_name": "all"},
+            {"model": "llcm", "steps": 2, "class_name": "all"},
+            {"model": "llcm", "steps": 1, "class_name": "disc"},
+        ]
+    )
+    judged = add_usability(cells, layout)
+    assert 0 <= judged.loc[0, "tos_accuracy"] <= 1 and 0 <= judged.loc[0, "memorised_share"] <= 1
+    assert judged.loc[1:, ["tos_accuracy", "memorised_share"]].isna().all().all()
+    assert "| llcm | 1 |" in "\n".join(usability_markdown(judged))

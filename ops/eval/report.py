@@ -57,6 +57,7 @@ from ops.eval.plots import (
     step_comparison_grid,
 )
 from ops.eval.report_tables import markdown_report
+from ops.eval.usability import add_usability, usability_markdown
 from ops.layout import DataLayout
 
 #: The report files under ``reports/`` by role (the k-ablation picture is written separately).
@@ -170,6 +171,7 @@ def write_reports(
         from ops.eval.differences import add_differences
 
         df = add_differences(df, baseline or "", lambda m, s: replicates_path(layout, m, s))
+        df = add_usability(df, layout)
     all_ok = df[df["status"] == "ok"] if not df.empty else df
     all_pooled = all_ok[all_ok["class_name"] == POOLED]
     table3 = df[~df["model"].isin(ablation_only)] if not df.empty else df
@@ -180,7 +182,7 @@ def write_reports(
     metrics = dvc_metrics(all_pooled, all_ok[~all_ok["class_name"].isin(SUMMARY)])
     metrics["fid_mean_over_classes"] = _fid_mean(all_ok[all_ok["class_name"] == MEAN])
     files["json"].write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-    table = markdown_report(table3)
+    table = markdown_report(table3) + "\n".join(usability_markdown(table3)) + "\n"
     if ablation:
         table += "\n" + ablation_markdown(all_pooled, ablation)
     files["markdown"].write_text(table)

@@ -22,9 +22,7 @@ from ops.privacy.pairs import save_closest_pairs
 from ops.privacy.synthetic import SyntheticSet, class_prompts, privacy_config, synthetic_sets
 from ops.privacy.utility import Labelled, Recipe, equal_per_class, utility_table
 
-AUDIT_FILE = "privacy_audit.parquet"
 AUDIT_SUMMARY = "privacy_audit.json"
-UTILITY_FILE = "utility.parquet"
 PAIRS_DIR = "privacy_pairs"
 
 
@@ -49,7 +47,7 @@ def build_privacy_audit(params: dict[str, Any], layout: DataLayout) -> dict[str,
         pairs[model] = str(save_closest_pairs(records, _lookup(synthetic, pictures), layout, path))
     table = summary_table(records_by_model) if records_by_model else pd.DataFrame()
     layout.reports.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(layout.reports / AUDIT_FILE, index=False)
+    table.to_parquet(layout.privacy_table, index=False)
     summary = {
         "threshold": calibration.pixel.value,
         "percentile": calibration.pixel.percentile,
@@ -58,7 +56,7 @@ def build_privacy_audit(params: dict[str, Any], layout: DataLayout) -> dict[str,
         "models": summaries,
         "skipped": skipped,
         "pairs": pairs,
-        "table": str(layout.reports / AUDIT_FILE),
+        "table": str(layout.privacy_table),
     }
     (layout.reports / AUDIT_SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
     summary["mlflow_run_id"] = _log_run(params, layout, "privacy_audit", _audit_metrics(table))
@@ -114,14 +112,14 @@ def build_utility(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
         seed=seed,
     )
     layout.reports.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(layout.reports / UTILITY_FILE, index=False)
+    table.to_parquet(layout.utility_table, index=False)
     pooled = table[table["class_name"] == "all"]
     return {
         "per_class_train_images": per_class,
         "n_test": len(real_test),
         "skipped": sorted(set(sets) - set(available)),
         "pooled": pooled.to_dict(orient="records"),
-        "table": str(layout.reports / UTILITY_FILE),
+        "table": str(layout.utility_table),
         "mlflow_run_id": _log_run(params, layout, "utility", _utility_metrics(pooled)),
     }
 
@@ -155,7 +153,7 @@ def _log_run(params: dict[str, Any], layout: DataLayout, name: str, metrics: dic
         flat = flatten(privacy_config(params), "privacy.")
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
-        for path in (layout.reports / AUDIT_FILE, layout.reports / UTILITY_FILE):
+        for path in (layout.privacy_table, layout.utility_table):
             if Path(path).is_file():
                 mlflow.log_artifact(str(path), "reports")
         for path in sorted((layout.reports / PAIRS_DIR).glob("*.png")):

@@ -18,15 +18,15 @@ def show(layout) -> int:
     """Print the saved utility and privacy tables (what ``make experiments`` ends with)."""
     import json
 
-    from ops.privacy.stages import AUDIT_FILE, AUDIT_SUMMARY, UTILITY_FILE
+    from ops.privacy.stages import AUDIT_SUMMARY
     from ops.privacy.tables import audit_markdown, utility_markdown
 
-    utility_file = layout.reports / UTILITY_FILE
+    utility_file = layout.utility_table
     if not utility_file.is_file():
         raise FileNotFoundError(f"{utility_file} does not exist: run `llcm utility` first")
     print("Utility: train on synthetic, test on real\n")
     print(utility_markdown(pd.read_parquet(utility_file)))
-    audit_file = layout.reports / AUDIT_FILE
+    audit_file = layout.privacy_table
     if audit_file.is_file():
         summary = json.loads((layout.reports / AUDIT_SUMMARY).read_text())
         print("\nMemorisation audit\n")
