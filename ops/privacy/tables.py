@@ -32,8 +32,8 @@ def audit_markdown(table: pd.DataFrame, threshold: float, percentile: float) -> 
     """One line per model: images audited, how many were flagged, the closest distance."""
     pooled = table[table["class_name"] == "all"] if not table.empty else table
     lines = [
-        f"Flagged `memorised`: pixel distance below {threshold:.4f}, the {percentile:g}th "
-        "percentile of held-out real test images' distances to the train split.",
+        f"Flagged `memorised`: pixel distance below {threshold:.4f}, the {percentile:g} per "
+        "cent quantile of held-out real test images' distances to the train split.",
         "",
         "| model | n | memorised | share | min distance | median distance |",
         "|---|---:|---:|---:|---:|---:|",
