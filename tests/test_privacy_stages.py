@@ -67,6 +67,10 @@ def test_audit_judges_each_models_synthetic_set_and_reuses_it(world, layout):
         assert os.path.getsize(path) > 0
     saved = json.loads((layout.reports / AUDIT_SUMMARY).read_text())
     assert saved["n_reference"] == 12 * len(classes)
+    # the world's domain classifier gives the feature space, reported beside the pixel verdict
+    assert saved["feature_space"] == "domain_classifier"
+    llcm = saved["models"]["llcm"]
+    assert 0 <= llcm["n_memorised_feature"] <= llcm["n"] and "feature_threshold" in llcm
 
     meta = layout.reports / SYNTHETIC_DIR / "llcm__1" / SET_FILE
     stamp = meta.stat().st_mtime_ns

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ops.layout import DataLayout
 from ops.privacy.audit import audit_images, summarise, summary_table
-from ops.privacy.bank import calibrate, split_rows, train_bank
+from ops.privacy.bank import FeatureFn, calibrate, split_rows, train_bank
 from ops.privacy.normalise import PixelSpec
 from ops.privacy.pairs import save_closest_pairs
 from ops.privacy.synthetic import SyntheticSet, class_prompts, privacy_config, synthetic_sets
@@ -26,11 +26,33 @@ AUDIT_SUMMARY = "privacy_audit.json"
 PAIRS_DIR = "privacy_pairs"
 
 
+def domain_features(layout: DataLayout) -> FeatureFn | None:
+    """The domain classifier's features as the audit's feature space (None before it exists):
+    the nearest training image by content, reported beside the pixel-space verdict."""
+    from ops.eval.classifier import (
+        CONFIG_FILE,
+        MODEL_NAME,
+        feature_extractor,
+        load_domain_classifier,
+    )
+    from ops.eval.features import extract_features
+
+    if not (layout.model(MODEL_NAME) / CONFIG_FILE).is_file():
+        return None
+    model, _ = load_domain_classifier(layout, device="cpu")
+    extractor = feature_extractor(model)
+    return lambda images: extract_features(
+        np.stack([np.asarray(image.convert("RGB")) for image in images]), extractor
+    )
+
+
 def build_privacy_audit(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
-    """Audit every configured model's synthetic set against the MedImgs train split."""
+    """Audit every configured model's synthetic set against the MedImgs train split, in pixel
+    space (which decides ``memorised``) and in the domain classifier's feature space."""
     cfg = privacy_config(params)
-    bank = train_bank(layout, PixelSpec.from_config(cfg))
-    calibration = calibrate(layout, bank, float(cfg.get("percentile", 1.0)))
+    features = domain_features(layout)
+    bank = train_bank(layout, PixelSpec.from_config(cfg), features)
+    calibration = calibrate(layout, bank, float(cfg.get("percentile", 1.0)), features)
     records_by_model: dict[str, list[dict[str, Any]]] = {}
     summaries: dict[str, Any] = {}
     pairs: dict[str, str] = {}
@@ -40,7 +62,9 @@ def build_privacy_audit(params: dict[str, Any], layout: DataLayout) -> dict[str,
             skipped.append(model)
             continue
         pictures = [Image.fromarray(image) for image in synthetic.images]
-        records = audit_images(pictures, synthetic.files, bank, calibration, synthetic.class_names)
+        records = audit_images(
+            pictures, synthetic.files, bank, calibration, synthetic.class_names, features
+        )
         records_by_model[model] = records
         summaries[model] = summarise(records, calibration)
         path = layout.reports / PAIRS_DIR / f"{model}.png"
@@ -53,6 +77,7 @@ def build_privacy_audit(params: dict[str, Any], layout: DataLayout) -> dict[str,
         "percentile": calibration.pixel.percentile,
         "n_reference": int(calibration.pixel.reference.size),
         "n_train": len(bank.paths),
+        "feature_space": "domain_classifier" if features else None,
         "models": summaries,
         "skipped": skipped,
         "pairs": pairs,
