@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,14 @@ def evaluated_classes(params: dict[str, Any], manifest: pd.DataFrame) -> dict[st
         raise ValueError("no class has both non-holdout training rows and >= 2 test images")
     chosen = sorted(eligible, key=lambda c: (-int(tests[c]), c))
     chosen = chosen[: int(cap)] if cap else chosen
+    return training_prompts(train, chosen)
+
+
+def training_prompts(train: pd.DataFrame, names: Sequence[str]) -> dict[str, str]:
+    """Each class's most frequent prompt among ``train`` rows (ties: the first by name), the
+    prompt every model is sampled with for that class."""
     out: dict[str, str] = {}
-    for name in sorted(chosen):
+    for name in sorted(names):
         counts = train[train["class_name"] == name]["prompt"].value_counts()
         out[name] = sorted(counts[counts == counts.max()].index)[0]
     return out

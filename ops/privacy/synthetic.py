@@ -20,7 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from ops.config import stage_config
-from ops.eval.context import image_seed, model_fingerprint
+from ops.eval.context import image_seed, model_fingerprint, training_prompts
 from ops.eval.plan import model_spec, open_sampler, unavailable_reason
 from ops.layout import DataLayout
 
@@ -56,11 +56,7 @@ def class_prompts(manifest: pd.DataFrame) -> dict[str, str]:
     holdout = manifest["holdout"].fillna(False).astype(bool) if "holdout" in manifest else False
     train = manifest[(manifest["split"] == "train") & ~holdout]
     tested = set(manifest.loc[manifest["split"] == "test", "class_name"])
-    out: dict[str, str] = {}
-    for name in sorted(set(train["class_name"]) & tested):
-        counts = train.loc[train["class_name"] == name, "prompt"].value_counts()
-        out[name] = sorted(counts[counts == counts.max()].index)[0]
-    return out
+    return training_prompts(train, sorted(set(train["class_name"]) & tested))
 
 
 def _set_dir(layout: DataLayout, model: str, steps: int) -> Path:
