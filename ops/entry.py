@@ -27,6 +27,8 @@ TRAINERS: dict[str, str] = {
     "lcm": "ops.distill.stage:train_lcm",
     "llcm2": "ops.distill.stage:train_llcm2",
     "benchmark": "ops.eval.runner:benchmark_ranks",
+    "finetune_teacher": "ops.finetune.stage:train_finetuned_teacher",
+    "finetune_student": "ops.finetune.stage:train_finetuned_student",
 }
 
 

@@ -6,7 +6,8 @@ All writes of the pipeline go through these paths, so nothing lands outside the 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -103,3 +104,71 @@ class DataLayout:
     def tmp(self) -> Path:
         """Scratch space inside the data directory (never the system temp folder)."""
         return self.root / "tmp"
+
+    # a user's fine-tuning ---------------------------------------------------------------------
+    def custom(self, name: str) -> Path:
+        """The workspace of custom dataset ``name``: its raw files, MedImgs, latents, teacher."""
+        return self.root / "custom" / name
+
+    def finetuned_model(self, name: str) -> Path:
+        """The fine-tuned consistency model ``name``: a ``LatentConsistencyModelPipeline``."""
+        return self.models / "finetuned" / name
+
+    def finetune_layout(self, name: str, student: str = "llcm") -> FinetuneLayout:
+        """The layout every stage sees while fine-tuning on custom dataset ``name``."""
+        check_name(name)
+        return FinetuneLayout(self.custom(name), base=self, name=name, student=student)
+
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+# Frozen components shared with the base pipeline: a fine-tune reads them, never writes them.
+SHARED_MODELS = ("base", "domain_classifier")
+BASE_TEACHER = "base_teacher"  # the base pipeline's teacher, seen from a fine-tune workspace
+
+
+def check_name(name: str) -> str:
+    """A custom dataset's name is a path component and a registry name: keep it plain."""
+    if not NAME_PATTERN.match(name):
+        raise ValueError(
+            f"dataset name {name!r}: use 1-64 lower-case letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class FinetuneLayout(DataLayout):
+    """A custom dataset's workspace ``custom/<name>/`` seen as a data directory of its own.
+
+    Why a layout and not new code paths: every stage (cleaning, latents, teacher, distillation,
+    benchmark) already reads and writes through a layout, so fine-tuning runs the same code on
+    the workspace. What differs is where four things live:
+
+    - the frozen VAE/text encoder (``base``) and the domain classifier come from the base
+      pipeline, and ``base_teacher`` names the base teacher (what fine-tuning starts from);
+    - the fine-tuned student ``student`` is the product: ``models/finetuned/<name>/`` of the
+      base data directory;
+    - MLflow (runs, registry) is the base data directory's, so ``<name>`` is registered beside
+      the base models.
+    """
+
+    base: DataLayout = field(default=None)  # type: ignore[assignment]
+    name: str = ""
+    student: str = "llcm"
+
+    def model(self, name: str) -> Path:
+        if name in SHARED_MODELS:
+            return self.base.model(name)
+        if name == BASE_TEACHER:
+            return self.base.model("teacher")
+        if name == self.student:
+            return self.base.finetuned_model(self.name)
+        return self.models / name
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.base.mlflow_db
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.base.mlflow_artifacts

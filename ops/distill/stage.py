@@ -16,6 +16,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,7 @@ from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
 from ops.training.launch import run_trainer
 from ops.training.loop import LoopSettings, publish_and_clear, train_loop
 from ops.training.runtime import create_accelerator, seed_everything, torch_threads
+from ops.training.samples import write_class_table
 
 STAGE = "distill"
 TEACHER = "teacher"
@@ -99,8 +102,7 @@ def _distill(
     teacher = UNet2DConditionModel.from_pretrained(teacher_dir / "unet", use_safetensors=True)
     teacher.requires_grad_(False).eval()
     alphas_cumprod = DDIMScheduler.from_pretrained(teacher_dir / "scheduler").alphas_cumprod
-    student = make_student(teacher, int(cfg["w_embedding_dim"]))
-    student.train()
+    student = initial_student(cfg, teacher)
     if cfg.get("gradient_checkpointing"):
         student.enable_gradient_checkpointing()
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
@@ -128,6 +130,7 @@ def _distill(
             {**cfg, "model": model},
             latents_key,
             directory_hash(teacher_dir / "unet"),
+            *([directory_hash(Path(cfg["init_student"]))] if cfg.get("init_student") else []),
             ignore=SAMPLING_KEYS,
         ),
     )
@@ -199,6 +202,23 @@ def _distill(
     return {**summary, **publish_and_clear(accelerator, store, export)}
 
 
+def initial_student(cfg: dict[str, Any], teacher: torch.nn.Module) -> torch.nn.Module:
+    """The student training starts from: the teacher plus a zero guidance projection
+    (Algorithm 1), or with ``init_student`` (a student UNet directory, set by
+    ``ops.finetune``) a distilled student, which fine-tuning continues from."""
+    from diffusers import UNet2DConditionModel
+
+    if not cfg.get("init_student"):
+        return make_student(teacher, int(cfg["w_embedding_dim"])).train()
+    student = UNet2DConditionModel.from_pretrained(cfg["init_student"], use_safetensors=True)
+    if student.config.get("time_cond_proj_dim") is None:
+        raise ValueError(f"{cfg['init_student']} is not a student UNet (no guidance projection)")
+    teacher_shape = {k: teacher.config[k] for k in ("block_out_channels", "cross_attention_dim")}
+    if {k: student.config[k] for k in teacher_shape} != teacher_shape:
+        raise ValueError(f"{cfg['init_student']} does not have the teacher's architecture")
+    return student.to(next(teacher.parameters()).device).train()
+
+
 def publish(
     model: str,
     unet: torch.nn.Module,
@@ -227,6 +247,7 @@ def publish(
             "steps": int(cfg["steps"]),
         },
     )
+    write_class_table(out, data.class_prompts())
     grid = sample_step_grid(
         out,
         data.class_prompts(),
@@ -237,7 +258,9 @@ def publish(
     summary: dict[str, Any] = {"model_dir": str(out), "grid": str(grid)}
     if cfg.get("register", True):
         metrics = {"final_loss": result.final_loss} if result.final_loss is not None else {}
-        version = register_model(out, model, params, layout, metrics=metrics, set_champion=True)
+        name = str(cfg.get("registered_name") or model)
+        version = register_model(out, name, params, layout, metrics=metrics, set_champion=True)
+        summary["registered_name"] = name
         summary["registered_version"] = int(version.version)
     summary["mlflow_run_id"] = run.run_id
     run.finish()
@@ -246,20 +269,25 @@ def publish(
 
 @torch.no_grad()
 def sample_step_grid(
-    model_dir, class_prompts: dict[str, str], *, guidance_scale: float, seed: int
+    model_dir,
+    class_prompts: dict[str, str],
+    *,
+    guidance_scale: float,
+    seed: int,
+    steps: Sequence[int] = GRID_STEPS,
+    path: Path | None = None,
 ) -> Any:
-    """One row per class, one column per step count in ``GRID_STEPS``, same seed per row."""
+    """One row per class, one column per step count of ``steps`` the model can run, same seed
+    per row; saved to ``path`` (default ``<model_dir>/samples.png``)."""
     pipe = load_consistency_pipeline(model_dir)
+    counts = [s for s in steps if s <= pipe.original_steps]
     images, labels = [], []
     for name, prompt in class_prompts.items():
         labels.append(name)
-        for steps in GRID_STEPS:
-            if steps > pipe.original_steps:
-                continue
-            imgs, _ = generate(pipe, prompt, steps=steps, guidance_scale=guidance_scale, seed=seed)
+        for n in counts:
+            imgs, _ = generate(pipe, prompt, steps=n, guidance_scale=guidance_scale, seed=seed)
             images.extend(imgs)
-    cols = sum(1 for s in GRID_STEPS if s <= pipe.original_steps)
-    return save_grid(model_dir / GRID_FILE, images, cols, labels)
+    return save_grid(path or Path(model_dir) / GRID_FILE, images, len(counts), labels)
 
 
 def train_llcm(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:

@@ -7,7 +7,9 @@ timestep of the DDPM schedule (Ho et al. 2020; SD's 1000 ``scaled_linear`` steps
 the unconditional model that classifier-free guidance needs. AdamW, gradient clipping, EMA
 weights (saved), optional mixed precision and gradient checkpointing.
 
-``tiny``/``micro`` build the UNet from config; ``sd15`` fine-tunes SD 1.5's UNet.
+``tiny``/``micro`` build the UNet from config; ``sd15`` fine-tunes SD 1.5's UNet; with
+``teacher.init_unet`` (a UNet directory, set by ``ops.finetune``) training starts from that
+UNet instead: how a user's fine-tune continues from the base teacher.
 
 The result, ``models/teacher/``, is a standard ``StableDiffusionPipeline`` directory (EMA UNet,
 base VAE/text encoder/tokenizer, DDIM scheduler on SD's schedule, no safety checker) that stock
@@ -30,12 +32,12 @@ from ops.tracking.runs import MlflowRun, resume_and_start_run
 from ops.training.batches import GlobalBatchPlan
 from ops.training.checkpoint import CheckpointStore, atomic_directory
 from ops.training.ema import EMA
-from ops.training.fingerprint import config_fingerprint
+from ops.training.fingerprint import config_fingerprint, directory_hash
 from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
 from ops.training.launch import run_trainer
 from ops.training.loop import LoopSettings, publish_and_clear, train_loop
 from ops.training.runtime import create_accelerator, seed_everything, torch_threads
-from ops.training.samples import sample_class_grid
+from ops.training.samples import sample_class_grid, write_class_table
 
 STAGE = "teacher"
 BASE_MODEL = "base"
@@ -64,10 +66,7 @@ def _train_teacher(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayo
     accelerator = create_accelerator(str(cfg.get("mixed_precision", "no")))
     seed_everything(int(cfg["seed"]))
     data = LatentDataset.load(layout.latents)
-    channels, height, _ = data.latent_shape
-    unet = build_unet(
-        cfg, sample_size=height, in_channels=channels, cross_attention_dim=data.embed_dim
-    )
+    unet = initial_unet(cfg, data)
     if cfg.get("gradient_checkpointing"):
         unet.enable_gradient_checkpointing()
     ema = EMA(unet, float(cfg["ema_decay"]))
@@ -81,8 +80,10 @@ def _train_teacher(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayo
     ema.to(device)
 
     latents_key = json.loads((layout.latents / FINGERPRINT_FILE).read_text())["key"]
+    init = [directory_hash(Path(cfg["init_unet"]))] if cfg.get("init_unet") else []
     store = CheckpointStore(
-        layout.checkpoint_dir(STAGE), config_fingerprint(cfg, latents_key, ignore=SAMPLING_KEYS)
+        layout.checkpoint_dir(STAGE),
+        config_fingerprint(cfg, latents_key, *init, ignore=SAMPLING_KEYS),
     )
     resume, run = resume_and_start_run(store, layout, params, STAGE, accelerator)
     run.log_params({**cfg, "train_latents": len(data), "unet_parameters": count_parameters(unet)})
@@ -132,6 +133,24 @@ def _train_teacher(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayo
     return {**summary, **publish_and_clear(accelerator, store, publish)}
 
 
+def initial_unet(cfg: dict[str, Any], data: LatentDataset):
+    """The UNet training starts from: ``init_unet`` when set (a fine-tune), else per preset."""
+    from diffusers import UNet2DConditionModel
+
+    channels, height, _ = data.latent_shape
+    if not cfg.get("init_unet"):
+        return build_unet(
+            cfg, sample_size=height, in_channels=channels, cross_attention_dim=data.embed_dim
+        )
+    unet = UNet2DConditionModel.from_pretrained(cfg["init_unet"], use_safetensors=True)
+    if (unet.config.in_channels, unet.config.cross_attention_dim) != (channels, data.embed_dim):
+        raise ValueError(
+            f"{cfg['init_unet']}: a UNet for {unet.config.in_channels} latent channels and "
+            f"{unet.config.cross_attention_dim}-d text, the data has {channels} and {data.embed_dim}"
+        )
+    return unet.train()
+
+
 def save_teacher_pipeline(unet, base: Path, out: Path) -> Path:
     """Write a ``StableDiffusionPipeline`` directory with ``unet`` and the base components."""
     from diffusers import AutoencoderKL, StableDiffusionPipeline
@@ -160,6 +179,7 @@ def publish_teacher(
     from diffusers import StableDiffusionPipeline
 
     out = save_teacher_pipeline(unet.eval(), layout.model(BASE_MODEL), layout.model(STAGE))
+    write_class_table(out, data.class_prompts())
     pipe = StableDiffusionPipeline.from_pretrained(out, use_safetensors=True)
     pipe = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     pipe.set_progress_bar_config(disable=True)

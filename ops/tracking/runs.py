@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ops.layout import DataLayout
+from ops.layout import DataLayout, FinetuneLayout
 from ops.tracking.mlflow_setup import flatten, setup_mlflow
 
 MAX_PARAM_LENGTH = 6000
@@ -102,6 +102,8 @@ def resume_and_start_run(
     """The newest checkpoint of ``store`` (or None) and the stage's MLflow run: the run the
     checkpoint logged into when resuming, so a resumed training keeps one run."""
     resume = store.latest()
+    if isinstance(layout, FinetuneLayout):  # a fine-tune's runs say whose they are
+        stage = f"finetune-{layout.name}-{stage}"
     run = MlflowRun.start(
         layout,
         params,

@@ -9,6 +9,10 @@ Layout of ``latents/`` (written by ``ops.models.latents``):
   output for every distinct prompt, the empty prompt ``""`` first (classifier-free guidance);
   metadata ``prompts``: the JSON list of the P prompts
 - ``fingerprint.json``          inputs the files were computed from (see ``ops.models.latents``)
+- ``replay.json`` (optional)    latents of another latents directory trained on alongside these:
+  ``{"directory": <path relative to this one>, "image_ids": [...]}``. A fine-tune replays a
+  share of the base training set this way (``ops.finetune.replay``), so the base classes are
+  not forgotten, without copying or re-encoding them.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from ops.training.batches import StepBatch
 INDEX_FILE = "index.parquet"
 PROMPT_EMBEDS_FILE = "prompt_embeds.safetensors"
 FINGERPRINT_FILE = "fingerprint.json"
+REPLAY_FILE = "replay.json"
 EMPTY_PROMPT = ""
 
 
@@ -98,7 +103,18 @@ class LatentDataset:
 
     @classmethod
     def load(cls, directory: Path) -> LatentDataset:
+        """The latents of ``directory``, followed by its replayed rows (``replay.json``)."""
         directory = Path(directory)
+        own = cls._load_own(directory)
+        replay_file = directory / REPLAY_FILE
+        if not replay_file.is_file():
+            return own
+        spec = json.loads(replay_file.read_text())
+        other = cls._load_own((directory / spec["directory"]).resolve())
+        return own.extended(other, [str(i) for i in spec["image_ids"]])
+
+    @classmethod
+    def _load_own(cls, directory: Path) -> LatentDataset:
         index_file = directory / INDEX_FILE
         if not index_file.is_file():
             raise FileNotFoundError(f"{index_file} does not exist: run the latents stage first")
@@ -108,6 +124,29 @@ class LatentDataset:
         if len(latents) != len(index):
             raise ValueError(f"{directory}: {len(latents)} latents but {len(index)} index rows")
         return cls(latents, index, PromptEmbeddings.load(directory / PROMPT_EMBEDS_FILE))
+
+    def extended(self, other: LatentDataset, image_ids: list[str]) -> LatentDataset:
+        """This dataset plus the rows of ``other`` with ``image_ids`` (in that order), their
+        prompts' embeddings appended to this one's (both from the same frozen text encoder)."""
+        position = {iid: i for i, iid in enumerate(other.index["image_id"].astype(str))}
+        missing = [iid for iid in image_ids if iid not in position]
+        if missing:
+            raise ValueError(f"{len(missing)} replayed image ids are not in the base latents")
+        if other.latent_shape != self.latent_shape:
+            raise ValueError(
+                f"replayed latents are {other.latent_shape}, these {self.latent_shape}: "
+                "encode both with the same VAE"
+            )
+        rows = [position[iid] for iid in image_ids]
+        extra = other.index.iloc[rows].reset_index(drop=True)
+        new_prompts = [p for p in dict.fromkeys(extra["prompt"]) if p not in self.prompts._ids]
+        embeds = torch.cat(
+            [self.prompts.embeds, other.prompts.embeds[other.prompts.ids(new_prompts)]]
+        )
+        index = pd.concat([self.index, extra], ignore_index=True)
+        latents = torch.cat([self.latents, other.latents[rows].to(self.latents.dtype)])
+        prompts = PromptEmbeddings(self.prompts.prompts + new_prompts, embeds)
+        return LatentDataset(latents, index, prompts)
 
     def __len__(self) -> int:
         return len(self.latents)

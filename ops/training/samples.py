@@ -1,7 +1,9 @@
-"""Per-class sample grids from any diffusers text-to-image pipeline."""
+"""Per-class sample grids from any diffusers text-to-image pipeline, and the class table saved
+beside a pipeline."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,3 +42,20 @@ def sample_class_grid(
         )
         images.extend(out.images)
     return save_grid(path, images, cols=per_class, row_labels=list(class_prompts))
+
+
+CLASSES_FILE = "classes.json"
+
+
+def write_class_table(model_dir: Path, class_prompts: dict[str, str]) -> Path:
+    """``classes.json`` beside a saved pipeline: class name -> the prompt it was trained with,
+    so ``llcm generate --class NAME`` needs no prompt (the table travels with the registry)."""
+    path = Path(model_dir) / CLASSES_FILE
+    path.write_text(json.dumps(dict(sorted(class_prompts.items())), indent=2) + "\n")
+    return path
+
+
+def read_class_table(model_dir: Path) -> dict[str, str]:
+    """The class table of a saved pipeline (``{}`` for a model saved without one)."""
+    path = Path(model_dir) / CLASSES_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

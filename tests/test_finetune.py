@@ -1,0 +1,157 @@
+"""``llcm finetune`` on a folder of new classes (micro preset) and ``llcm generate --class``
+through the registry: the workspace, replay, the fine-tuned teacher and student, the class
+table, the registry entry, and the errors a user meets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import copy_data, draw_shape, micro_test_params, prepared_data
+from PIL import Image
+
+from ops.layout import DataLayout
+from pipeline.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BASE = ["presets.micro.distill.steps=2", "distill.k=100", "finetune.replay_per_class=3"]
+NEW = {"laminitis": "ring", "healthy": "bar"}  # class folder -> drawn shape
+
+
+def custom_folder(root, resolution=32, per_class=10):
+    """A user's folder of class folders: two classes the base models never saw."""
+    rng = np.random.default_rng(1)
+    for name, shape in NEW.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            draw_shape(shape, resolution, rng).save(root / name / f"{i:02d}.png")
+    (root / "healthy" / "notes.txt").write_text("not an image")  # recorded as a reject
+    return root
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    from ops.distill.stage import build_llcm
+
+    base = prepared_data(tmp_path_factory)
+    data = copy_data(base, DataLayout(tmp_path_factory.mktemp("ft") / "data"))
+    build_llcm(micro_test_params(*BASE), data)  # the champion a fine-tune starts from
+    folder = custom_folder(tmp_path_factory.mktemp("user") / "hooves")
+    argv = ["finetune", str(folder), "--name", "hooves", "--species", "horse",
+            "--body-part", "hoof", "--modality", "X-ray", "--steps", "3",
+            "--preset", "micro", "--data", str(data.root)]  # fmt: skip
+    for override in BASE:
+        argv += ["--set", override]
+    return data, argv
+
+
+@pytest.fixture(scope="module")
+def run_output(finetuned, capsys_module):
+    data, argv = finetuned
+    rc = main(argv)
+    return rc, capsys_module()
+
+
+@pytest.fixture(scope="module")
+def capsys_module():
+    """stdout of a module-scoped call (pytest's capsys is per test)."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(buffer))
+    yield lambda: (stack.close(), buffer.getvalue())[1]
+    stack.close()
+
+
+def test_finetune_saves_registers_and_reports_the_new_classes(finetuned, run_output):
+    from diffusers import LatentConsistencyModelPipeline
+    from mlflow import MlflowClient
+
+    data, _ = finetuned
+    rc, out = run_output
+    assert rc == 0
+    ws = data.custom("hooves")
+    manifest = json.loads(out[out.index("{") :])
+    classes = manifest["classes"]
+    assert set(classes) == {"horse_hoof_xray_laminitis", "horse_hoof_xray_healthy"}
+    assert classes["horse_hoof_xray_laminitis"] == "X-ray of a horse hoof, laminitis"
+    assert "| horse_hoof_xray_laminitis | X-ray of a horse hoof, laminitis |" in out
+
+    # the workspace holds the ingested dataset, its rejects, latents and replay
+    import pandas as pd
+
+    rejects = pd.read_parquet(ws / "medimgs" / "rejects.parquet")
+    assert "notes.txt" in " ".join(rejects["source_file"])
+    replay = json.loads((ws / "latents" / "replay.json").read_text())
+    assert len(replay["image_ids"]) == 4 * 3  # 4 base classes x replay_per_class
+    from ops.training.latent_data import LatentDataset
+
+    mixed = LatentDataset.load(ws / "latents")
+    assert set(mixed.index["class_name"]) >= set(classes) | {"chest_xray_normal"}
+
+    # the product: a stock LatentConsistencyModelPipeline with its class table
+    model_dir = data.finetuned_model("hooves")
+    table = json.loads((model_dir / "classes.json").read_text())
+    assert set(classes) <= set(table) and "brain_mri_glioma" in table  # replayed classes kept
+    pipe = LatentConsistencyModelPipeline.from_pretrained(model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(prompt=classes["horse_hoof_xray_laminitis"], num_inference_steps=2,
+                 guidance_scale=4.0, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images  # fmt: skip
+    assert image.shape == (1, 32, 32, 3) and image.std() > 0
+
+    # it moved: the fine-tuned student differs from the champion it started from
+    from safetensors.torch import load_file
+
+    tuned = load_file(str(model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+    start = load_file(str(data.model("llcm") / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert any(not torch.equal(tuned[k], start[k]) for k in start)
+    teacher = ws / "models" / "teacher" / "model_index.json"
+    assert teacher.is_file()
+
+    client = MlflowClient(f"sqlite:///{data.mlflow_db}")
+    version = client.get_model_version_by_alias("hooves", "champion")
+    assert version.tags["solver"] == "leapfrog"
+    runs = client.search_runs(
+        [client.get_experiment_by_name("llcm").experiment_id],
+        "tags.mlflow.runName LIKE 'finetune-hooves-%'",
+    )
+    names = {r.info.run_name for r in runs}
+    assert names >= {"finetune-hooves-teacher-micro", "finetune-hooves-llcm-micro"}, names
+    for name in ("before", "after", "loss"):
+        assert Image.open(manifest["pictures"][name]).size[0] > 32
+
+
+def test_generate_by_class_name_through_the_registry(finetuned, run_output, tmp_path, capsys):
+    data, _ = finetuned
+    assert run_output[0] == 0
+    common = ["--model", "models:/hooves@champion", "--preset", "micro", "--data", str(data.root)]
+    out = tmp_path / "laminitis"
+    rc = main(["generate", *common, "--class", "horse_hoof_xray_laminitis", "--steps", "2",
+               "--num-images", "3", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["prompt"] == "X-ray of a horse hoof, laminitis"
+    assert len(list(out.glob("[0-9][0-9][0-9].png"))) == 3
+
+    assert main(["generate", *common, "--list-classes"]) == 0
+    assert "horse_hoof_xray_healthy" in json.loads(capsys.readouterr().out)
+
+    rc = main(["generate", *common, "--class", "zebra", "--out", str(tmp_path / "z")])
+    assert rc == 2
+    assert "class 'zebra' is not one of the model's" in capsys.readouterr().err
+
+
+def test_finetune_rejects_a_bad_name_and_a_missing_source(finetuned, tmp_path, capsys):
+    data, _ = finetuned
+    common = ["--preset", "micro", "--data", str(data.root)]
+    assert main(["finetune", str(tmp_path), "--name", "../escape", *common]) == 2
+    assert "dataset name '../escape'" in capsys.readouterr().err
+    assert main(["finetune", str(tmp_path / "nope"), "--name", "x", *common]) == 2
+    assert "is not a registry source" in capsys.readouterr().err
+    assert not (data.root.parent / "escape").exists()
