@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -155,11 +155,17 @@ class FinetuneLayout(DataLayout):
     base: DataLayout = field(default=None)  # type: ignore[assignment]
     name: str = ""
     student: str = "llcm"
+    teacher_from_base: bool = False  # True: "teacher" is the base teacher (a few-shot baseline)
+
+    def with_base_teacher(self) -> FinetuneLayout:
+        """This workspace, but its ``teacher`` is the base one: for a baseline built from the
+        base model on the custom classes (DreamBooth), beside the fine-tuned teacher."""
+        return replace(self, teacher_from_base=True)
 
     def model(self, name: str) -> Path:
         if name in SHARED_MODELS:
             return self.base.model(name)
-        if name == BASE_TEACHER:
+        if name == BASE_TEACHER or (name == "teacher" and self.teacher_from_base):
             return self.base.model("teacher")
         if name == self.student:
             return self.base.finetuned_model(self.name)

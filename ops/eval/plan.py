@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ops.distill.ablation import ablation_models
 from ops.eval.settings import benchmark_config
-from ops.layout import DataLayout
+from ops.layout import BASE_TEACHER, DataLayout
 
 if TYPE_CHECKING:  # torch and numpy load on use: the Dagster definitions import this module
     import numpy as np
@@ -68,6 +68,9 @@ BUILTIN_SPECS: dict[str, ModelSpec] = {
     "dreambooth": ModelSpec(
         "dreambooth", "diffusion", "dreambooth", "ddim", identifier_prompts=True
     ),
+    # a fine-tune's zero-shot row: the base teacher prompted with the custom classes
+    # (``ops.layout.FinetuneLayout`` resolves ``base_teacher``; elsewhere it is skipped)
+    "base_teacher_dpmpp": ModelSpec("base_teacher_dpmpp", "diffusion", BASE_TEACHER, "dpmpp"),
 }
 
 
