@@ -30,11 +30,11 @@ weekly_champion_benchmark = dg.ScheduleDefinition(
 experiments_job = dg.define_asset_job(
     "experiments_job",
     selection=dg.AssetSelection.groups("distill_ablation", "privacy")
-    | dg.AssetSelection.assets("benchmark"),
+    | dg.AssetSelection.assets("benchmark", "dog_thorax_finetune"),
     description=(
         "The studies outside make run's budget (make experiments): the skip-k ablation "
-        "students and their benchmark cells, train-on-synthetic utility and the memorisation "
-        "audit of every privacy.models model."
+        "students and their benchmark cells, train-on-synthetic utility, the memorisation "
+        "audit of every privacy.models model, and the unseen dog cardiac X-ray experiment."
     ),
 )
 

@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "benchmark": "ops.eval.runner:build_benchmark",
     "utility": "ops.privacy.stages:build_utility",
     "privacy_audit": "ops.privacy.stages:build_privacy_audit",
+    "dog_thorax_finetune": "ops.finetune.dog_thorax:build_dog_thorax",
 }
 
 

@@ -155,3 +155,35 @@ def test_finetune_rejects_a_bad_name_and_a_missing_source(finetuned, tmp_path, c
     assert main(["finetune", str(tmp_path / "nope"), "--name", "x", *common]) == 2
     assert "is not a registry source" in capsys.readouterr().err
     assert not (data.root.parent / "escape").exists()
+
+
+def test_finetuned_asset_materialises_a_dynamic_partition(finetuned, run_output, tmp_path):
+    """The Dagster asset: a partition added like the UI adds one, a second custom dataset
+    given by run config, materialised for real; its metadata carries the pictures."""
+    import dagster as dg
+    from dagster_fixtures import asset_resources
+
+    from assets.finetune import custom_datasets, finetuned as finetuned_asset
+
+    data, _ = finetuned
+    assert run_output[0] == 0
+    folder = custom_folder(tmp_path / "foals")
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(custom_datasets.name, ["foals"])
+    config = {"sources": [str(folder)], "species": "horse", "body_part": "hoof",
+              "modality": "X-ray", "steps": 2}  # fmt: skip
+    result = dg.materialize(
+        [finetuned_asset],
+        partition_key="foals",
+        instance=instance,
+        resources=asset_resources(data.root, overrides=BASE),
+        run_config={"ops": {"finetuned": {"config": config}}},
+    )
+    assert result.success
+    event = result.asset_materializations_for_node("finetuned")[0]
+    assert event.partition == "foals"
+    meta = event.metadata
+    assert meta["registered"].value == "models:/foals@champion"
+    assert "horse_hoof_xray_laminitis" in meta["classes"].value
+    assert meta["after"].value.startswith("![")  # an inline picture
+    assert (data.finetuned_model("foals") / "classes.json").is_file()

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from ops.data import reasons
+from ops.data.sources.adhoc import adhoc_spec
 from pipeline.cli import main
-from pipeline.commands.ingest import adhoc_spec
 
 FAST = ["--preset", "micro", "--set", "ingest.max_image_pixels=1000000", "--workers", "1"]
 

@@ -10,67 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
-import zipfile
-from pathlib import Path
 
 from ops.config import add_config_args, config_from_args, stage_config
 from ops.data.cleaning.build import clean_raw
-from ops.data.sources.kaggle_fetch import SLUG_RE, SourceFetchError
+from ops.data.sources.adhoc import resolve_source_texts
+from ops.data.sources.kaggle_fetch import SourceFetchError
 from ops.data.sources.materialize import materialize_specs
-from ops.data.sources.registry import RegistryError, SourceSpec, load_registry
+from ops.data.sources.registry import SourceSpec
 from ops.layout import DataLayout
-
-
-def source_name(text: str) -> str:
-    """A registry-style name for an ad-hoc source: ``Chest X-Rays.zip`` -> ``chest_x-rays``."""
-    name = re.sub(r"[^a-z0-9_.-]+", "_", text.lower()).strip("_.-")
-    return name or "source"
-
-
-def adhoc_spec(text: str, defaults: dict[str, str], exclude: tuple[str, ...]) -> SourceSpec:
-    """A SourceSpec for a command-line SOURCE that is not a registry name."""
-    if text.startswith("kaggle:"):
-        slug = text.removeprefix("kaggle:")
-        if not SLUG_RE.match(slug):
-            raise RegistryError(f"{text!r}: expected kaggle:<owner>/<dataset>")
-        kind, location, name = "kaggle", slug, source_name(slug.replace("/", "__"))
-    else:
-        path = Path(text).expanduser().resolve()
-        if path.is_dir():
-            kind, name = "folder", source_name(path.name)
-        elif path.is_file() and zipfile.is_zipfile(path):
-            kind, name = "zip", source_name(path.stem)
-        elif path.exists():
-            raise RegistryError(f"{text!r} is neither a folder nor a zip archive")
-        else:
-            raise RegistryError(
-                f"{text!r} is not a registry source, kaggle:<owner>/<slug>, a folder or a zip"
-            )
-        location = str(path)
-    return SourceSpec(
-        name=name,
-        kind=kind,
-        location=location,
-        license_note="given on the command line; check its terms",
-        default_labels=defaults,
-        exclude=exclude,
-    )
 
 
 def resolve_sources(
     texts: list[str], registry_path: str | None, args: argparse.Namespace
 ) -> list[SourceSpec]:
-    registry = load_registry(registry_path)
+    """The SourceSpecs of the command line's SOURCE arguments and label options."""
     defaults = {"species": args.species, "body_part": args.body_part, "modality": args.modality}
-    specs: list[SourceSpec] = []
-    for text in texts:
-        spec = registry.get(text) or adhoc_spec(text, defaults, tuple(args.exclude))
-        if any(s.name == spec.name for s in specs):
-            raise RegistryError(f"two sources would both be named {spec.name!r}; rename one")
-        specs.append(spec)
-    return specs
+    return resolve_source_texts(texts, registry_path, defaults, tuple(args.exclude))
 
 
 def run(args: argparse.Namespace) -> int:
