@@ -163,7 +163,8 @@ def test_finetuned_asset_materialises_a_dynamic_partition(finetuned, run_output,
     import dagster as dg
     from dagster_fixtures import asset_resources
 
-    from assets.finetune import custom_datasets, finetuned as finetuned_asset
+    from assets.finetune import custom_datasets
+    from assets.finetune import finetuned as finetuned_asset
 
     data, _ = finetuned
     assert run_output[0] == 0
