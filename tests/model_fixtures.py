@@ -182,7 +182,9 @@ def stage_summary(layout: DataLayout, name: str) -> dict:
     return json.loads((layout.root / f"{name}-summary.json").read_text())
 
 
-def kill_after_first_checkpoint(stage: str, params: dict, data: DataLayout, tmp_path: Path) -> dict:
+def kill_after_first_checkpoint(
+    stage: str, params: dict, data: DataLayout, tmp_path: Path, checkpoints: Path | None = None
+) -> dict:
     """Run trainer ``stage`` as ``python -m ops.entry`` in a child process, SIGKILL it
     once its first checkpoint is complete, and return that checkpoint's ``state.json``."""
     import os
@@ -202,7 +204,7 @@ def kill_after_first_checkpoint(stage: str, params: dict, data: DataLayout, tmp_
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
-    checkpoints = data.checkpoint_dir(stage)
+    checkpoints = checkpoints or data.checkpoint_dir(stage)
     try:
         deadline = time.monotonic() + 240
         while not list(checkpoints.glob("step-*/state.json")):

@@ -188,3 +188,35 @@ def test_finetuned_asset_materialises_a_dynamic_partition(finetuned, run_output,
     assert "horse_hoof_xray_laminitis" in meta["classes"].value
     assert meta["after"].value.startswith("![")  # an inline picture
     assert (data.finetuned_model("foals") / "classes.json").is_file()
+
+
+def test_a_killed_finetune_resumes_the_teacher_from_its_checkpoint(finetuned, run_output, tmp_path):
+    """The fine-tuned teacher is killed after its first checkpoint (a real SIGKILL of
+    ``python -m ops.entry finetune_teacher``); ``llcm finetune`` run again continues it."""
+    from model_fixtures import kill_after_first_checkpoint
+
+    from ops.config import DEFAULT_PARAMS, load_params
+    from ops.finetune.replay import replay_ids, write_replay
+    from ops.finetune.settings import with_finetune_values
+    from ops.finetune.stage import teacher_params
+
+    data, argv = finetuned
+    assert run_output[0] == 0
+    extra = ["finetune.replay_per_class=3", "teacher.checkpoint_every=3",
+             "presets.micro.finetune.teacher_steps=40"]  # fmt: skip
+    cli_params = load_params(DEFAULT_PARAMS, preset="micro", overrides=[*BASE, *extra])
+    params = with_finetune_values(cli_params, name="hooves",
+                                  students=["llcm"], base="models:/llcm@champion")  # fmt: skip
+    ws = data.finetune_layout("hooves")
+    key = write_replay(ws, data, replay_ids(data, 3, 0))
+    state = kill_after_first_checkpoint("finetune_teacher", teacher_params(params, ws, key), data,
+                                        tmp_path, checkpoints=ws.checkpoint_dir("teacher"))  # fmt: skip
+    assert state["samples_seen"] > 0
+
+    again = [a for a in argv if a not in ("--steps", "3")]
+    for override in extra:
+        again += ["--set", override]
+    assert main(again) == 0
+    summary = json.loads((ws.reports / "finetune.json").read_text())
+    assert summary["teacher"]["resumed_from"] == 3 and summary["teacher"]["final_step"] == 40
+    assert not list(ws.checkpoint_dir("teacher").glob("step-*"))  # cleared after success

@@ -163,23 +163,23 @@ def report_text(
     forgetting."""
     lines = ["# The unseen dog cardiac X-ray experiment", "",
              "Mean over the dog classes, against the dog test split (95% bootstrap intervals).",
-             "", "| model | steps | FID | KID x 1e3 | finding agreement | ms / image |",
+             "", "| model | steps | FID | KID | finding agreement | ms / image |",
              "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     mean = table[(table["class_name"] == "mean") & (table["status"] == "ok")]
     for _, row in mean.iterrows():
         kid = row.get("kid")
-        kid_text = f"{1e3 * kid:.2f}" if kid is not None and not pd.isna(kid) else "-"
+        kid_text = f"{kid:.3g}" if kid is not None and not pd.isna(kid) else "-"
         lines.append(
             f"| {row['model']} | {int(row['steps'])} | {_fmt(row, 'fid')} | {kid_text} | "
             f"{row.get('finding_agreement', float('nan')):.2f} | "
             f"{1e3 * row['seconds_per_image']:.1f} |"
         )
     lines += ["", "## Heart-to-thorax ratio (read from the pixels)", "",
-              "| model | steps | class | n | ratio mean | sd | read enlarged | W1 to real |",
-              "|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+              "| model | steps | class | n | readable | ratio mean | sd | read enlarged | W1 to real |",
+              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for _, r in ratios.iterrows():
         lines.append(
-            f"| {r['model']} | {r['steps']} | {r['class_name']} | {r['n']} | "
+            f"| {r['model']} | {r['steps']} | {r['class_name']} | {r['n']} | {r['readable']:.2f} | "
             f"{r['ratio_mean']:.3f} | {r['ratio_sd']:.3f} | {r['read_enlarged']:.2f} | "
             f"{r['w1_to_real']:.3f} |"
         )

@@ -6,7 +6,9 @@ compared with the same reading of the real test images; and the paper's Fig. 4 p
 A model that draws the disease it is asked for gives cardiomegaly images whose ratios sit where
 the real cardiomegaly ratios sit, above the normal ones. Reported per (model, steps, class):
 the mean and standard deviation of the ratio, the share the reader calls enlarged, and the
-Wasserstein-1 distance between the generated and the real ratio distributions.
+Wasserstein-1 distance between the generated and the real ratio distributions. An image in
+which the reader finds no lungs either side of a heart has no ratio (``readable`` is the share
+that has one) and is not read as enlarged.
 """
 
 from __future__ import annotations
@@ -40,16 +42,20 @@ def ratio_row(model: str, steps: int, class_name: str, values: np.ndarray, enlar
               real: np.ndarray, diseased: bool) -> dict[str, Any]:  # fmt: skip
     from scipy.stats import wasserstein_distance
 
+    readable = values[np.isfinite(values)]
+    real = real[np.isfinite(real)]
+    nan = float("nan")
     return {
         "model": model,
         "steps": int(steps),
         "class_name": class_name,
         "n": len(values),
-        "ratio_mean": float(values.mean()),
-        "ratio_sd": float(values.std(ddof=1)) if len(values) > 1 else float("nan"),
+        "readable": float(len(readable) / max(1, len(values))),
+        "ratio_mean": float(readable.mean()) if len(readable) else nan,
+        "ratio_sd": float(readable.std(ddof=1)) if len(readable) > 1 else nan,
         "read_enlarged": float(enlarged.mean()),
         "agreement": float((enlarged == diseased).mean()),
-        "w1_to_real": float(wasserstein_distance(values, real)),
+        "w1_to_real": float(wasserstein_distance(readable, real)) if len(readable) else nan,
     }
 
 
