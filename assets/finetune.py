@@ -7,7 +7,6 @@
 - ``dog_thorax_finetune``: the paper's unseen dog cardiac X-ray experiment, built in.
 """
 
-
 from typing import Any, Optional
 
 import dagster as dg
