@@ -50,9 +50,11 @@ def distilled_metadata(summary: dict[str, Any], layout: DataLayout) -> dict[str,
 
 
 def distilled_asset(name: str, group: str = "distill") -> dg.AssetsDefinition:
+    k = ablation_k(name)
     description = DESCRIPTIONS.get(name) or (
-        f"Skip-k ablation (Fig. 3): llcm distilled with k = {ablation_k(name)} instead of "
-        "distill.k."
+        f"Skip-k ablation (Fig. 3): llcm distilled with k = {k} instead of distill.k."
+        if k is not None
+        else f"Recipe variant: llcm distilled with distill.variants.{name.removeprefix('llcm_')}."
     )
     return training_asset(
         name,

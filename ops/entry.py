@@ -34,9 +34,9 @@ TRAINERS: dict[str, str] = {
 
 def resolve_trainer(stage: str) -> Trainer:
     """A ``TRAINERS`` name, an ablation student ``llcm_k<k>`` or a ``module:function``."""
-    from ops.distill.ablation import ablation_k
+    from ops.distill.ablation import is_study_student
 
-    if ablation_k(stage) is not None:
+    if stage not in TRAINERS and is_study_student(stage):
         from ops.distill.stage import train_distilled
 
         return functools.partial(train_distilled, stage)

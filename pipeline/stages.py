@@ -11,7 +11,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-from ops.distill.ablation import ablation_k
+from ops.distill.ablation import is_study_student
 from ops.imports import import_callable
 from ops.layout import DataLayout
 
@@ -38,7 +38,7 @@ STAGES: dict[str, str] = {
 
 def resolve(name: str) -> StageFn:
     """A stage function by name: one of ``STAGES`` or an ablation student ``llcm_k<k>``."""
-    if ablation_k(name) is not None:
+    if name not in STAGES and is_study_student(name):
         from ops.distill.stage import build_ablation_student
 
         return functools.partial(build_ablation_student, name)

@@ -35,7 +35,8 @@ def bench_params() -> dict:
     """The micro preset with the small benchmark grid above (a fresh dict every call)."""
     params = load_params(REPO / "params.yaml", preset="micro")
     params["benchmark"].update(BENCH_OVERRIDES)
-    params["distill"]["k_ablation"] = []  # ablation students: their own tests
+    params["distill"]["k_ablation"] = []  # study students: their own tests
+    params["distill"]["variants"] = {}
     params["presets"]["micro"]["benchmark"].update(images_per_class=4, classes=2)
     return params
 

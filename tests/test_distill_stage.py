@@ -120,5 +120,32 @@ def test_ablation_student_is_llcm_with_its_own_k_and_stays_out_of_the_registry(d
     client = MlflowClient(f"sqlite:///{data.mlflow_db}")
     registered = {m.name for m in client.search_registered_models()}
     assert "llcm_k50" not in registered
-    assert main(["stage", "llcm_kx", "--data", str(data.root)]) == 2
-    assert "unknown stage 'llcm_kx'" in capsys.readouterr().err
+    assert main(["stage", "llcm_kx", "--data", str(data.root)]) == 2  # neither k nor a variant
+    assert "distill.variants has no 'kx'" in capsys.readouterr().err
+    assert main(["stage", "llcm-x", "--data", str(data.root)]) == 2
+    assert "unknown stage 'llcm-x'" in capsys.readouterr().err
+
+
+def test_recipe_variant_is_llcm_with_its_keys_changed_and_stays_out_of_the_registry(data):
+    """``distill.variants``: ``llcm_<name>`` trains with the variant's keys (here iCT's
+    pseudo-Huber c and a stop-gradient target), llcm's solver, and is not registered."""
+    from ops.distill.ablation import ablation_models, student_config
+    from ops.distill.consistency import huber_constant
+    from ops.distill.stage import build_ablation_student
+    from pipeline.stages import resolve
+
+    overrides = ["distill.variants={stopgrad: {ema_decay: 0.0, huber_c: auto}}"]
+    params = micro_test_params(*DISTILL, *overrides)
+    assert "llcm_stopgrad" in ablation_models(params)
+    cfg = student_config("llcm_stopgrad", stage_config(params, "distill"))
+    assert cfg["ema_decay"] == 0.0 and cfg["solvers"]["llcm_stopgrad"] == "leapfrog"
+    assert not cfg["register"]
+    assert huber_constant("auto", 4 * 8 * 8) == pytest.approx(0.00054 * 16)
+    with pytest.raises(KeyError, match="has no 'nope'"):
+        student_config("llcm_nope", stage_config(params, "distill"))
+
+    summary = resolve("llcm_stopgrad")(params, data)
+    assert summary["solver"] == "leapfrog" and "registered_version" not in summary
+    assert (data.model("llcm_stopgrad") / "model_index.json").is_file()
+    with pytest.raises(KeyError, match="not a study student"):
+        build_ablation_student("teacher", params, data)

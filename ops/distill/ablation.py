@@ -1,10 +1,16 @@
-"""The skip-k ablation (the paper's Fig. 3): which extra students are distilled, and their names.
+"""The study students: the skip-k ablation (the paper's Fig. 3) and the recipe variants, which
+extra students are distilled, and their names.
 
 ``distill.k_ablation`` lists the *extra* skips; each becomes a student ``llcm_k<k>`` distilled
 exactly like ``llcm`` (same solver, seed, steps and data) except for k, so the ablation varies
 one thing. The main ``llcm`` model is the ablation's row at ``distill.k`` (k = 20): training it
-a second time under another name would give identical weights. Kept free of torch so the
-Dagster definitions can list the ablation assets when they load.
+a second time under another name would give identical weights.
+
+``distill.variants`` names recipe changes a careful LCM implementer would try (gradient
+clipping and weight decay, iCT's pseudo-Huber c, the guidance range, a stop-gradient target):
+each becomes a student ``llcm_<name>``, distilled like ``llcm`` with those keys changed, so each
+is measured against ``llcm`` alone. Kept free of torch so the Dagster definitions can list the
+study assets when they load.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from ops.config import stage_config
 
 BASE_MODEL = "llcm"
 _NAME = re.compile(rf"^{BASE_MODEL}_k(\d+)$")
+_VARIANT = re.compile(rf"^{BASE_MODEL}_([a-z][a-z0-9_]*)$")
 
 
 def ablation_name(k: int) -> str:
@@ -28,10 +35,32 @@ def ablation_k(model: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def variant_name(model: str) -> str | None:
+    """The variant of a recipe-variant student's name (``llcm_clip`` -> ``clip``), else None."""
+    if ablation_k(model) is not None:
+        return None
+    match = _VARIANT.match(model)
+    return match.group(1) if match else None
+
+
+def variant_models(params: dict[str, Any]) -> dict[str, str]:
+    """Every recipe variant of ``distill.variants`` -> its student's name."""
+    variants = stage_config(params, "distill").get("variants") or {}
+    return {name: f"{BASE_MODEL}_{name}" for name in variants}
+
+
+def is_study_student(model: str) -> bool:
+    """A skip-k ablation or recipe-variant student: ``llcm`` with one thing changed."""
+    return ablation_k(model) is not None or variant_name(model) is not None
+
+
 def ablation_models(params: dict[str, Any]) -> list[str]:
-    """The extra students of ``distill.k_ablation``, in config order."""
-    ks = stage_config(params, "distill").get("k_ablation") or []
-    return [ablation_name(k) for k in dict.fromkeys(int(k) for k in ks)]
+    """The extra students of ``distill.k_ablation``, then of ``distill.variants``, in config
+    order."""
+    cfg = stage_config(params, "distill")
+    ks = cfg.get("k_ablation") or []
+    variants = list(variant_models(params).values())
+    return [ablation_name(k) for k in dict.fromkeys(int(k) for k in ks)] + variants
 
 
 def ablation_rows(params: dict[str, Any]) -> dict[int, str]:
@@ -42,15 +71,30 @@ def ablation_rows(params: dict[str, Any]) -> dict[int, str]:
     return dict(sorted(rows.items()))
 
 
+# distill keys a variant may set although the base config leaves them out (read with defaults)
+OPTIONAL_KEYS = {"max_grad_norm", "weight_decay", "warmup_steps"}
+
+
 def student_config(model: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """The distillation config of ``model``: the stage config itself for ``llcm``/``lcm``/...,
-    for an ablation student that of ``llcm`` with its own k, not registered in MLflow's model
-    registry (a research artefact, not a candidate champion)."""
-    k = ablation_k(model)
-    if k is None:
+    """The distillation config of ``model``: the stage config itself for ``llcm``/``lcm``/...;
+    for an ablation student that of ``llcm`` with its own k, for a variant that of ``llcm``
+    with the variant's keys; neither registered in MLflow's model registry (research
+    artefacts, not candidate champions)."""
+    k, variant = ablation_k(model), variant_name(model)
+    if k is None and (variant is None or model in (cfg.get("solvers") or {})):
         return cfg
     solvers = dict(cfg.get("solvers") or {})
     if BASE_MODEL not in solvers:
         raise KeyError(f"distill.solvers has no {BASE_MODEL!r}: the ablation distills it")
     solvers[model] = solvers[BASE_MODEL]
-    return {**cfg, "k": k, "solvers": solvers, "register": False}
+    if k is not None:
+        return {**cfg, "k": k, "solvers": solvers, "register": False}
+    variants = cfg.get("variants") or {}
+    if variant not in variants:
+        known = ", ".join(f"{BASE_MODEL}_{v}" for v in variants) or "none"
+        raise KeyError(f"{model!r}: distill.variants has no {variant!r} (variants: {known})")
+    changed = dict(variants[variant] or {})
+    unknown = sorted(set(changed) - set(cfg) - OPTIONAL_KEYS)
+    if unknown:
+        raise KeyError(f"distill.variants.{variant} changes unknown keys {unknown}")
+    return {**cfg, **changed, "solvers": solvers, "register": False}

@@ -231,6 +231,19 @@ def consistency_loss(pred: Tensor, target: Tensor, kind: str = "l2", huber_c: fl
     raise ValueError(f"unknown loss {kind!r}; use 'l2' or 'huber'")
 
 
+ICT_HUBER_SCALE = 0.00054  # iCT (Song & Dhariwal 2023, Sec. 3.3): c = 0.00054 sqrt(d)
+
+
+def huber_constant(value: float | str, latent_dim: int) -> float:
+    """The pseudo-Huber c: as configured, or ``"auto"``, iCT's c = 0.00054 sqrt(d) for d the
+    dimension of one latent (0.03 for CIFAR-10's 3x32x32; 0.0086 for tiny's 4x8x8 latents,
+    0.069 for SD's 4x64x64), which keeps the loss quadratic only for errors below ~1/sqrt(d)
+    of a unit-norm latent whatever its size."""
+    if value == "auto":
+        return ICT_HUBER_SCALE * math.sqrt(latent_dim)
+    return float(value)
+
+
 def solver_for_model(model: str, cfg: Mapping[str, Any]) -> Solver:
     """The teacher solver of a distilled model (``distill.solvers``: lcm, llcm, llcm2, ...)."""
     solvers = cfg.get("solvers") or {}
@@ -347,9 +360,8 @@ def distill_loss(
         target = consistency_function(out_s.float(), z_s, s, alphas_cumprod, **scalings)
 
     # 6. d(f_theta, f_theta-).
-    return consistency_loss(
-        pred, target, str(cfg.get("loss", "l2")), float(cfg.get("huber_c", 1e-3))
-    )
+    c = huber_constant(cfg.get("huber_c", 1e-3), latents[0].numel())
+    return consistency_loss(pred, target, str(cfg.get("loss", "l2")), c)
 
 
 # --------------------------------------------------------------------------------------------

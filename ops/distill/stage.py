@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ops.config import stage_config
-from ops.distill.ablation import ablation_k, student_config
+from ops.distill.ablation import is_study_student, student_config
 from ops.distill.consistency import distill_loss, make_student, solver_for_model
 from ops.distill.sampling import generate, load_consistency_pipeline, save_consistency_pipeline
 from ops.layout import DataLayout
@@ -65,9 +65,10 @@ def build_llcm2(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
 
 
 def build_ablation_student(model: str, params: dict[str, Any], layout: DataLayout) -> dict:
-    """A student of the skip-k ablation (``llcm_k<k>``, ``ops.distill.ablation``): llcm with its k."""
-    if ablation_k(model) is None:
-        raise KeyError(f"{model!r} is not an ablation student name (llcm_k<k>)")
+    """A study student (``ops.distill.ablation``): ``llcm_k<k>`` (llcm with its k) or
+    ``llcm_<variant>`` (llcm with ``distill.variants.<variant>``)."""
+    if not is_study_student(model):
+        raise KeyError(f"{model!r} is not a study student name (llcm_k<k> or llcm_<variant>)")
     return _build(model, params, layout)
 
 

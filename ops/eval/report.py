@@ -156,6 +156,7 @@ def write_reports(
     ablation: dict[int, str] | None = None,
     table3_models: list[str] | None = None,
     baseline: str | None = None,
+    variants: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Write every report file from the cell rows; returns a summary (paths, counts, table).
 
@@ -164,8 +165,8 @@ def write_reports(
     of Table 3, the plot and the step grids (they are in the parquet and the DVC metrics)."""
     reports = layout.reports
     reports.mkdir(parents=True, exist_ok=True)
-    ablation = ablation or {}
-    ablation_only = set(ablation.values()) - set(table3_models or [])
+    ablation, variants = ablation or {}, variants or {}
+    ablation_only = (set(ablation.values()) | set(variants.values())) - set(table3_models or [])
     if not df.empty:
         from ops.eval.cells import replicates_path
         from ops.eval.differences import add_differences
@@ -185,6 +186,8 @@ def write_reports(
     table = markdown_report(table3) + "\n".join(usability_markdown(table3)) + "\n"
     if ablation:
         table += "\n" + ablation_markdown(all_pooled, ablation)
+    if variants:
+        table += "\n" + variants_markdown(all_ok[all_ok["class_name"] == MEAN], variants)
     files["markdown"].write_text(table)
     csv = pooled[[c for c in POOLED_COLUMNS if c in pooled]].copy()
     csv.to_csv(files["csv"], index=False)
@@ -233,6 +236,29 @@ def ablation_markdown(pooled: pd.DataFrame, ablation: dict[int, str]) -> str:
         "",
     ]
     return "\n".join(out + table(["Skip k", *[str(s) for s in steps]], rows)) + "\n"
+
+
+def variants_markdown(mean: pd.DataFrame, variants: dict[str, str]) -> str:
+    """The recipe variants (``distill.variants``): each student's mean-over-classes FID by
+    steps, under ``llcm``'s own row (the recipe they each change one thing of)."""
+    from ops.eval.report_tables import fid_with_interval, table
+
+    models = {"(none)": BASE_MODEL, **variants}
+    mine = mean[mean["model"].isin(list(models.values()))]
+    steps = sorted(int(s) for s in mine["steps"].unique())
+    lookup = {(str(r.model), int(r.steps)): r for r in mine.itertuples(index=False)}
+    rows = [
+        [f"{name} (`{model}`)"] + [fid_with_interval(lookup.get((model, s))) for s in steps]
+        for name, model in models.items()
+    ]
+    out = [
+        "## Recipe variants (`distill.variants`)",
+        "",
+        "Mean-over-classes FID [95% CI] of LLCM students each distilled with one change to the "
+        "recipe (same solver, seed, steps, data and k); the first row is `llcm` itself.",
+        "",
+    ]
+    return "\n".join(out + table(["Variant", *[str(s) for s in steps]], rows)) + "\n"
 
 
 def _best(pooled: pd.DataFrame) -> dict[str, Any] | None:

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from itertools import groupby
 from typing import Any
 
-from ops.distill.ablation import ablation_rows
+from ops.distill.ablation import ablation_rows, variant_models
 from ops.eval.cells import run_cell, write_skipped
 from ops.eval.context import (
     BenchContext,
@@ -220,4 +220,5 @@ def summarize(layout: DataLayout, params: dict[str, Any] | None = None) -> dict[
         ablation=ablation_rows(params),
         table3_models=list(benchmark_config(params)["models"]),
         baseline=str(benchmark_config(params).get("baseline") or ""),
+        variants=variant_models(params),
     )
