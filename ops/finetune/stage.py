@@ -113,7 +113,8 @@ def run_finetune(
     students: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Ingest ``sources`` (none: reuse what the workspace holds or was ingested from), then
+    """Ingest ``sources`` (none: what the workspace was last ingested from, else the dataset it
+    holds), then
     encode, fine-tune the teacher, fine-tune each student; the summary (also written to
     ``custom/<name>/reports/finetune.json``)."""
     from ops.distill.registry import resolve_model_uri
@@ -127,9 +128,8 @@ def run_finetune(
     cfg = finetune_config(params)
     workspace = layout.finetune_layout(name, student=students[0])
     summary: dict[str, Any] = {"name": name, "workspace": str(workspace.root)}
-    specs = list(sources or []) or (
-        saved_request(workspace) if not workspace.manifest.is_file() else []
-    )
+    # no sources given: repeat the last ingest (a changed folder is picked up), if any
+    specs = list(sources or []) or saved_request(workspace)
     if specs:
         log(f"ingesting {', '.join(s.name for s in specs)} into {workspace.root}")
         summary["ingest"] = ingest_sources(params, workspace, specs)["medimgs"]
