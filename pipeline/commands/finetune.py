@@ -19,7 +19,7 @@ import json
 import os
 
 from ops.config import add_config_args, config_from_args, stage_config
-from pipeline.commands.ingest import resolve_sources
+from pipeline.commands.ingest import add_source_args, resolve_sources
 
 PARTITIONS = "custom_datasets"  # the Dagster dynamic partitions of asset ``finetuned``
 
@@ -93,26 +93,9 @@ def register(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
-        "sources",
-        nargs="+",
-        metavar="SOURCE",
-        help="folder, zip, kaggle:<owner>/<slug> or registry name",
-    )
+    add_source_args(parser)
     parser.add_argument(
         "--name", required=True, help="name of the dataset and of the registered model"
-    )
-    parser.add_argument(
-        "--species", default="human", help="species of the dataset (default: human)"
-    )
-    parser.add_argument("--body-part", default="body", help="body part of the dataset")
-    parser.add_argument("--modality", default="medical image", help="modality, e.g. X-ray")
-    parser.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="GLOB",
-        help="skip files matching GLOB (repeatable)",
     )
     parser.add_argument(
         "--steps",

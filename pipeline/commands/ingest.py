@@ -56,14 +56,24 @@ def register(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_source_args(parser)
+    parser.add_argument(
+        "--out", default=None, help="data directory to write raw/ and medimgs/ (default: --data)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decode processes (default: ingest.workers)"
+    )
+    add_config_args(parser)
+    parser.set_defaults(handler=run)
+
+
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    """SOURCE... and the labels of ad-hoc sources: shared by ``ingest`` and ``finetune``."""
     parser.add_argument(
         "sources",
         nargs="+",
         metavar="SOURCE",
         help="registry name, kaggle:<owner>/<slug>, folder or zip",
-    )
-    parser.add_argument(
-        "--out", default=None, help="data directory to write raw/ and medimgs/ (default: --data)"
     )
     parser.add_argument(
         "--species", default="human", help="species of ad-hoc sources (default: human)"
@@ -79,8 +89,3 @@ def register(sub) -> None:
         metavar="GLOB",
         help="skip files of ad-hoc sources matching GLOB (repeatable)",
     )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="decode processes (default: ingest.workers)"
-    )
-    add_config_args(parser)
-    parser.set_defaults(handler=run)
