@@ -31,15 +31,18 @@ def image_grid(
     cols = cols or math.ceil(math.sqrt(len(images)))
     w, h = images[0].size
     rows = -(-len(images) // cols)
-    left = LABEL_WIDTH if row_labels else 0
+    font = ImageFont.load_default()
+    # wide enough for the longest label (class names run to ~50 characters)
+    widest = max((font.getlength(label) for label in row_labels or []), default=0)
+    left = max(LABEL_WIDTH, int(widest) + 10) if row_labels else 0
     grid = Image.new("RGB", (left + cols * (w + pad) + pad, rows * (h + pad) + pad), "white")
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
         grid.paste(img.convert("RGB"), (left + pad + c * (w + pad), pad + r * (h + pad)))
     if row_labels:
-        draw, font = ImageDraw.Draw(grid), ImageFont.load_default()
+        draw = ImageDraw.Draw(grid)
         for r, label in enumerate(row_labels[:rows]):
-            draw.text((4, pad + r * (h + pad) + h // 2 - 6), label[:26], fill="black", font=font)
+            draw.text((4, pad + r * (h + pad) + h // 2 - 6), label, fill="black", font=font)
     return grid
 
 
