@@ -55,7 +55,9 @@ def ratio_row(model: str, steps: int, class_name: str, values: np.ndarray, enlar
         "ratio_sd": float(readable.std(ddof=1)) if len(readable) > 1 else nan,
         "read_enlarged": float(enlarged.mean()),
         "agreement": float((enlarged == diseased).mean()),
-        "w1_to_real": float(wasserstein_distance(readable, real)) if len(readable) else nan,
+        "w1_to_real": (
+            float(wasserstein_distance(readable, real)) if len(readable) and len(real) else nan
+        ),
     }
 
 
