@@ -22,6 +22,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("LLCM_PRESET", raising=False)
     monkeypatch.delenv("LLCM_PARAMS", raising=False)
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # no test writes the caller's instance
 
 
 @pytest.fixture(scope="module")

@@ -50,9 +50,18 @@ def finetuned(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run_output(finetuned, capsys_module):
+    """The CLI run, with a Dagster instance of its own: ``llcm finetune`` adds the partition."""
     data, argv = finetuned
-    rc = main(argv)
-    return rc, capsys_module()
+    with pytest.MonkeyPatch.context() as env:
+        home = data.root.parent / "dagster_home"
+        home.mkdir()
+        env.setenv("DAGSTER_HOME", str(home))
+        rc = main(argv)
+        import dagster as dg
+
+        with dg.DagsterInstance.get() as instance:
+            partitions = instance.get_dynamic_partitions("custom_datasets")
+    return rc, capsys_module(), partitions
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +82,9 @@ def test_finetune_saves_registers_and_reports_the_new_classes(finetuned, run_out
     from mlflow import MlflowClient
 
     data, _ = finetuned
-    rc, out = run_output
+    rc, out, partitions = run_output
     assert rc == 0
+    assert partitions == ["hooves"]  # the Dagster UI lists the dataset
     ws = data.custom("hooves")
     manifest = json.loads(out[out.index("{") :])
     classes = manifest["classes"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+from pathlib import Path
 
 from ops.config import add_config_args, config_from_args, stage_config
 from pipeline.commands.ingest import add_source_args, resolve_sources
@@ -75,7 +77,12 @@ def _brief(summary: dict) -> dict:
 def add_partition(name: str) -> bool:
     """Add ``name`` to the ``finetuned`` asset's partitions when a Dagster instance is set up
     (``DAGSTER_HOME``), so the UI lists the custom dataset; True if it was added."""
-    if not os.environ.get("DAGSTER_HOME"):
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        return False
+    if not Path(home).is_dir():
+        print(f"llcm finetune: note: DAGSTER_HOME {home} does not exist yet; the partition "
+              f"{name!r} is not added (add it in the UI)", file=sys.stderr)  # fmt: skip
         return False
     from dagster import DagsterInstance
 
