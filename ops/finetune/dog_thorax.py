@@ -27,6 +27,7 @@ from typing import Any
 
 import pandas as pd
 
+from ops.config import stage_config
 from ops.eval.plan import ModelSpec
 from ops.eval.settings import benchmark_config
 from ops.finetune.dataset import export_family
@@ -99,13 +100,14 @@ def clinical_measurement(
     params: dict[str, Any], workspace: FinetuneLayout, exp: dict[str, Any]
 ) -> tuple[pd.DataFrame, Any]:
     """Heart-to-thorax ratios of every student cell and the teachers, and Fig. 4."""
-    from ops.data.sources.registry import load_registry
+    from ops.eval.findings import phantom_classes
     from ops.finetune.dataset import custom_classes
     from ops.finetune.heart_ratio import figure4, measure_ratios
 
     known = custom_classes(workspace)
     classes = {c: known[c] for c in exp["classes"]}  # config order: normal, then cardiomegaly
-    diseased = _diseased(load_registry(None), classes)
+    labels = phantom_classes(stage_config(params, "ingest").get("registry"))
+    diseased = {c: labels[c][1] if c in labels else False for c in classes}
     cells = [("base_teacher_dpmpp", 4), ("dreambooth", 4), ("teacher_ddim50", 50),
              ("teacher_dpmpp", 4)] + [(m, s) for m in ("lcm", "llcm") for s in STUDENT_STEPS]  # fmt: skip
     n, k = int(exp["ratio_images_per_class"]), int(exp["figure_samples"])
@@ -113,12 +115,6 @@ def clinical_measurement(
         workspace, cells, classes, diseased, benchmark_config(params), n, k
     )
     return table, figure4(figure, k * len(classes), workspace.reports / "figure4.png")
-
-
-def _diseased(registry: Any, classes: dict[str, str]) -> dict[str, bool]:
-    """Class -> whether its label is a disease (anything but normal/healthy)."""
-    labels = {lab.class_name: lab.disease for s in registry.values() for lab in s.classes.values()}
-    return {c: labels.get(c, c).lower() not in ("normal", "healthy") for c in classes}
 
 
 def measure_forgetting(
