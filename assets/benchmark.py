@@ -26,7 +26,7 @@ import dagster as dg
 from assets._tracking import run_training
 from assets.metadata import picture
 from ops.config import load_params
-from ops.distill.ablation import ablation_models
+from ops.distill.ablation import MAIN_STUDENTS, ablation_models
 from ops.eval.plan import plan
 from pipeline.launcher import LauncherResource
 from pipeline.resources import DataResource, MlflowResource, ParamsResource
@@ -37,9 +37,7 @@ UPSTREAM = [
     "domain_classifier",
     "teacher",
     "dreambooth",
-    "llcm",
-    "lcm",
-    "llcm2",
+    *MAIN_STUDENTS,
     *ablation_models(load_params()),
     # the table's train-on-synthetic accuracy and memorised share (make experiments): listed so
     # that a run selecting both orders the benchmark after them; make run selects neither

@@ -1,4 +1,5 @@
-"""Assets ``llcm``, ``lcm`` and ``llcm2``: consistency models distilled from the teacher; and the
+"""Assets ``llcm``, ``lcm``, ``llcm2`` and ``llcm_pcm``: consistency models distilled from the
+teacher; and the
 skip-k ablation students ``llcm_k<k>`` (the paper's Fig. 3).
 
 One asset family: the three differ only in the teacher's solver (``distill.solvers``), the
@@ -24,6 +25,7 @@ DESCRIPTIONS = {
     "llcm": "LLCM: consistency distillation with the paper's leapfrog step (eq. 15-16).",
     "lcm": "LCM baseline: consistency distillation with the DDIM step.",
     "llcm2": "LLCM-2: consistency distillation with the second-order leapfrog step.",
+    "llcm_pcm": "LLCM-PCM: the leapfrog step, phased consistency (PCM): deterministic few-step.",
 }
 
 
@@ -68,6 +70,7 @@ def distilled_asset(name: str, group: str = "distill") -> dg.AssetsDefinition:
 llcm = distilled_asset("llcm")
 lcm = distilled_asset("lcm")
 llcm2 = distilled_asset("llcm2")
+llcm_pcm = distilled_asset("llcm_pcm")
 ABLATION_ASSETS = [
     distilled_asset(name, "distill_ablation") for name in ablation_models(load_params())
 ]

@@ -26,6 +26,7 @@ TRAINERS: dict[str, str] = {
     "llcm": "ops.distill.stage:train_llcm",
     "lcm": "ops.distill.stage:train_lcm",
     "llcm2": "ops.distill.stage:train_llcm2",
+    "llcm_pcm": "ops.distill.stage:train_llcm_pcm",
     "benchmark": "ops.eval.runner:benchmark_ranks",
     "finetune_teacher": "ops.finetune.stage:train_finetuned_teacher",
     "finetune_student": "ops.finetune.stage:train_finetuned_student",

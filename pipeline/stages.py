@@ -27,6 +27,7 @@ STAGES: dict[str, str] = {
     "llcm": "ops.distill.stage:build_llcm",
     "lcm": "ops.distill.stage:build_lcm",
     "llcm2": "ops.distill.stage:build_llcm2",
+    "llcm_pcm": "ops.distill.stage:build_llcm_pcm",
     "domain_classifier": "ops.eval.classifier_training:build_domain_classifier",
     "dreambooth": "ops.baselines.dreambooth_stage:build_dreambooth",
     "benchmark": "ops.eval.runner:build_benchmark",

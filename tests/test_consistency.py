@@ -18,10 +18,8 @@ from ops.distill.consistency import (
     guided_teacher,
     make_student,
     sample_guidance,
-    sd_alphas_cumprod,
-    timestep_grid,
-    timestep_pairs,
 )
+from ops.distill.schedule import sd_alphas_cumprod, timestep_grid, timestep_pairs
 from ops.distill.solvers import get_solver
 
 W_DIM = 16

@@ -1,4 +1,4 @@
-"""The distillation stages ``lcm``, ``llcm``, ``llcm2`` on a micro teacher (real trainer, real
+"""The distillation stages ``lcm``, ``llcm``, ``llcm2``, ``llcm_pcm`` on a micro teacher (real trainer, real
 MLflow store, real ``accelerate launch``, real SIGKILL)."""
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from model_fixtures import copy_data, kill_after_first_checkpoint, micro_test_pa
 from safetensors.torch import load_file
 
 from ops.config import stage_config
-from ops.distill.stage import build_lcm, build_llcm, build_llcm2, train_distilled, train_llcm
+from ops.distill.stage import (
+    build_lcm,
+    build_llcm,
+    build_llcm2,
+    build_llcm_pcm,
+    train_distilled,
+    train_llcm,
+)
 from ops.layout import DataLayout
 from ops.training.launch import run_trainer
 
@@ -33,13 +40,14 @@ def unet_weights(layout: DataLayout, model: str) -> dict[str, torch.Tensor]:
     return load_file(str(layout.model(model) / "unet" / "diffusion_pytorch_model.safetensors"))
 
 
-def test_three_models_train_save_load_in_stock_diffusers_and_register(data):
-    from diffusers import LatentConsistencyModelPipeline
+def test_four_models_train_save_load_in_stock_diffusers_and_register(data):
+    from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline
     from mlflow import MlflowClient
 
     params = micro_test_params(*DISTILL)
     summaries = {name: fn(params, data) for name, fn in
-                 [("lcm", build_lcm), ("llcm", build_llcm), ("llcm2", build_llcm2)]}  # fmt: skip
+                 [("lcm", build_lcm), ("llcm", build_llcm), ("llcm2", build_llcm2),
+                  ("llcm_pcm", build_llcm_pcm)]}  # fmt: skip
     assert {s["solver"] for s in summaries.values()} == {"ddim", "leapfrog", "leapfrog2"}
     for name, summary in summaries.items():
         assert summary["final_step"] == STEPS and summary["final_loss"] > 0
@@ -52,6 +60,17 @@ def test_three_models_train_save_load_in_stock_diffusers_and_register(data):
     lcm, llcm, llcm2 = (unet_weights(data, n) for n in ("lcm", "llcm", "llcm2"))
     assert all(torch.equal(lcm[k], llcm[k]) for k in lcm)
     assert any(not torch.equal(lcm[k], llcm2[k]) for k in lcm)
+    # the phased student takes llcm's jump with another consistency function
+    pcm = unet_weights(data, "llcm_pcm")
+    assert any(not torch.equal(llcm[k], pcm[k]) for k in llcm)
+    assert json.loads((data.model("llcm_pcm") / "llcm.json").read_text())["phases"] == 4
+    assert "phases" not in json.loads((data.model("llcm") / "llcm.json").read_text())
+    phased = StableDiffusionPipeline.from_pretrained(data.model("llcm_pcm"))
+    phased.set_progress_bar_config(disable=True)
+    assert type(phased.scheduler).__name__ == "TCDScheduler"
+    out = phased(prompt="MRI of a human brain, glioma", num_inference_steps=4, guidance_scale=4.0,
+                 generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+    assert out.images.shape == (1, 32, 32, 3) and out.images.std() > 0
 
     pipe = LatentConsistencyModelPipeline.from_pretrained(data.model("llcm"))
     pipe.set_progress_bar_config(disable=True)

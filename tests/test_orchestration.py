@@ -19,7 +19,7 @@ VENV_BIN = Path(sys.executable).parent
 DVC = shutil.which("dvc") or str(REPO_ROOT / ".venv-dvc" / "bin" / "dvc")
 EXPECTED_ASSETS = {
     "raw_sources", "medimgs_manifest", "autoencoder", "latents", "teacher", "llcm", "lcm",
-    "llcm2", "dreambooth", "domain_classifier", "benchmark_cells", "benchmark",
+    "llcm2", "llcm_pcm", "dreambooth", "domain_classifier", "benchmark_cells", "benchmark",
 }  # fmt: skip
 
 

@@ -13,10 +13,10 @@ from ops.distill.consistency import make_student
 from ops.distill.sampling import (
     consistency_sample,
     generate,
-    lcm_timesteps,
     load_consistency_pipeline,
     save_consistency_pipeline,
 )
+from ops.distill.schedule import lcm_timesteps
 from ops.models.presets import encode_prompts
 from ops.training.grids import image_grid
 

@@ -21,6 +21,9 @@ from typing import Any
 from ops.config import stage_config
 
 BASE_MODEL = "llcm"
+# the distilled models of make run, each its own asset and registered model: llcm_pcm shares
+# the variants' llcm_ prefix but is no study student
+MAIN_STUDENTS = ("llcm", "lcm", "llcm2", "llcm_pcm")
 _NAME = re.compile(rf"^{BASE_MODEL}_k(\d+)$")
 _VARIANT = re.compile(rf"^{BASE_MODEL}_([a-z][a-z0-9_]*)$")
 
@@ -37,7 +40,7 @@ def ablation_k(model: str) -> int | None:
 
 def variant_name(model: str) -> str | None:
     """The variant of a recipe-variant student's name (``llcm_clip`` -> ``clip``), else None."""
-    if ablation_k(model) is not None:
+    if ablation_k(model) is not None or model in MAIN_STUDENTS:
         return None
     match = _VARIANT.match(model)
     return match.group(1) if match else None
@@ -71,8 +74,9 @@ def ablation_rows(params: dict[str, Any]) -> dict[int, str]:
     return dict(sorted(rows.items()))
 
 
-# distill keys a variant may set although the base config leaves them out (read with defaults)
-OPTIONAL_KEYS = {"max_grad_norm", "weight_decay", "warmup_steps"}
+# distill keys a variant may set although the base config leaves them out (read with defaults;
+# ``phases`` makes the variant a phased student, like llcm_pcm)
+OPTIONAL_KEYS = {"max_grad_norm", "weight_decay", "warmup_steps", "phases"}
 
 
 def student_config(model: str, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +86,7 @@ def student_config(model: str, cfg: dict[str, Any]) -> dict[str, Any]:
     artefacts, not candidate champions)."""
     k, variant = ablation_k(model), variant_name(model)
     if k is None and (variant is None or model in (cfg.get("solvers") or {})):
-        return cfg
+        return with_phases(model, cfg)
     solvers = dict(cfg.get("solvers") or {})
     if BASE_MODEL not in solvers:
         raise KeyError(f"distill.solvers has no {BASE_MODEL!r}: the ablation distills it")
@@ -98,3 +102,10 @@ def student_config(model: str, cfg: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise KeyError(f"distill.variants.{variant} changes unknown keys {unknown}")
     return {**cfg, **changed, "solvers": solvers, "register": False}
+
+
+def with_phases(model: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``phases`` set for a phased student (``distill.phased``: model -> number of
+    phases, PCM): its loss and sampler use the phased consistency function."""
+    phases = (cfg.get("phased") or {}).get(model)
+    return {**cfg, "phases": int(phases)} if phases else cfg

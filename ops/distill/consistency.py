@@ -15,8 +15,12 @@ trajectory to its origin (Song et al., "Consistency Models", ICML 2023). One ste
 (The LLCM paper writes these steps as its eq. 11-14; equation numbers below are given only
 where they were checked: eq. 11, the parameterisation, and eq. 15-16, the leapfrog step.)
 
-Everything here is a pure function of tensors and modules; the trainer (accelerate, EMA
-schedule, checkpoints, MLflow) calls :func:`distill_loss` and :func:`ema_update`.
+With ``phases`` (``distill.phased``) step 3's and step 5's function is PCM's phased one,
+:func:`ddim_jump` to the lower edge of the phase (Wang et al. 2024), instead of eq. 11.
+
+Everything here is a pure function of tensors and modules (the timestep grids are in
+:mod:`ops.distill.schedule`); the trainer (accelerate, EMA schedule, checkpoints, MLflow)
+calls :func:`distill_loss` and :func:`ema_update`.
 
 Guidance convention: w is the LCM paper's, x0 = x0_c + w (x0_c - x0_u), i.e. Imagen /
 diffusers guidance_scale = w + 1. ``LatentConsistencyModelPipeline`` embeds
@@ -33,53 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ops.distill.schedule import (
+    gen_device,
+    phase_floor,
+    phase_tops,
+    randn,
+    sd_alphas_cumprod,
+    timestep_pairs,
+)
 from ops.distill.solvers import Solver, alpha_at, append_dims, get_solver
-
-# --------------------------------------------------------------------------------------------
-# Schedule and timestep pairs
-# --------------------------------------------------------------------------------------------
-
-
-def sd_alphas_cumprod(
-    num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
-) -> Tensor:
-    """Stable Diffusion's ``scaled_linear`` schedule: a_t = prod_{i<=t} (1 - beta_i)."""
-    betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps) ** 2
-    return torch.cumprod(1.0 - betas, dim=0)
-
-
-def timestep_grid(k: int, num_train_timesteps: int = 1000) -> Tensor:
-    """The skipping-step grid t_n = (n + 1) k - 1, n = 0 .. T/k - 1 (LCM sec. 4.3).
-
-    It is the grid of diffusers' ``DDIMSolver`` in the LCM distillation scripts and of
-    ``LCMScheduler`` with ``original_inference_steps = T / k``, so training and sampling agree.
-    """
-    if k < 1 or num_train_timesteps % k:
-        raise ValueError(
-            f"skip k={k} must be a positive divisor of num_train_timesteps={num_train_timesteps}"
-        )
-    return torch.arange(1, num_train_timesteps // k + 1) * k - 1
-
-
-def timestep_pairs(
-    batch: int,
-    k: int,
-    num_train_timesteps: int = 1000,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Random pairs (t_{n+k}, t_n) with t_n = t_{n+k} - k (clamped at 0), uniform over the grid.
-
-    Returns two long tensors of shape ``(batch,)``. One noise draw makes z_{t_{n+k}}; z_{t_n} is
-    the teacher's jump from it, never a second noise draw.
-    """
-    grid = timestep_grid(k, num_train_timesteps)
-    index = torch.randint(
-        0, len(grid), (batch,), generator=generator, device=_gen_device(generator)
-    )
-    start = grid[index.cpu()].to(device)
-    return start, (start - k).clamp(min=0)
-
 
 # --------------------------------------------------------------------------------------------
 # Consistency parameterisation (eq. 11)
@@ -137,6 +103,37 @@ def consistency_function(
 
 
 # --------------------------------------------------------------------------------------------
+# Phased consistency (PCM): the alternative to eq. 11
+# --------------------------------------------------------------------------------------------
+# Wang et al., "Phased Consistency Model" (PCM, NeurIPS 2024), split the trajectory into M
+# phases with edges 0 = s_0 < s_1 < ... < s_M = T. Inside phase m, (s_{m-1}, s_m], the
+# consistency function maps z_t to the trajectory's point at the phase's lower edge e = s_{m-1},
+# not to its origin:  f(z_t, w, c, t) = sqrt(a_e) x0_hat + sqrt(1 - a_e) eps_hat, a DDIM jump
+# with the student's prediction. The boundary condition f(z_e, e) = z_e holds by construction
+# (no c_skip/c_out), and M-step sampling is deterministic, one jump per phase with no fresh
+# noise: a 1-step LCM has to bridge the whole trajectory, each phase of a 4-phase model a
+# quarter of it. Training is Algorithm 1 unchanged but for f: the same pairs, the same guided
+# jump Psi, and the target f_ema(z_hat_{t_n}, t_n) jumps to the edge of t_{n+k}'s phase (t_n
+# never leaves it: the edges lie on the grid). The edges are the timesteps diffusers'
+# ``TCDScheduler`` visits at M steps, plus 0: at gamma = 0 its step is this DDIM jump.
+
+
+def ddim_jump(
+    output: Tensor,
+    x: Tensor,
+    t: Tensor,
+    edge: Tensor,
+    alphas_cumprod: Tensor,
+    prediction_type: str = "epsilon",
+) -> Tensor:
+    """The phased consistency function: z_t -> sqrt(a_e) x0_hat + sqrt(1 - a_e) eps_hat."""
+    alphas_cumprod = alphas_cumprod.to(x.device)
+    x0, eps = split_prediction(output, x, alphas_cumprod[t], prediction_type)
+    a_e = append_dims(alphas_cumprod[edge].to(x.dtype), x.ndim)
+    return a_e.sqrt() * x0 + (1 - a_e).sqrt() * eps
+
+
+# --------------------------------------------------------------------------------------------
 # Guidance scale and its embedding
 # --------------------------------------------------------------------------------------------
 
@@ -145,7 +142,7 @@ def sample_guidance(
     batch: int, w_min: float, w_max: float, generator: torch.Generator | None = None
 ) -> Tensor:
     """w ~ U[w_min, w_max], one per sample (LCM Algorithm 1); float32 on the generator's device."""
-    u = torch.rand((batch,), generator=generator, device=_gen_device(generator))
+    u = torch.rand((batch,), generator=generator, device=gen_device(generator))
     return w_min + (w_max - w_min) * u
 
 
@@ -335,13 +332,15 @@ def distill_loss(
     w_emb = guidance_embedding(w, config.time_cond_proj_dim).to(device)
 
     # 2. z_{t_{n+k}} = sqrt(a) z_0 + sqrt(1 - a) noise.
-    noise = _randn(latents.shape, generator, device, latents.dtype)
+    noise = randn(latents.shape, generator, device, latents.dtype)
     a_t = append_dims(alphas_cumprod[t].to(latents.dtype), latents.ndim)
     z_t = a_t.sqrt() * latents + (1 - a_t).sqrt() * noise
 
-    # 3. Online consistency function f_theta(z_{t_{n+k}}, w, c, t_{n+k})  (eq. 11).
+    # 3. Online consistency function f_theta(z_{t_{n+k}}, w, c, t_{n+k})  (eq. 11), or with
+    #    ``phases`` the phased one: a jump to the lower edge of t_{n+k}'s phase (PCM).
+    function = _consistency_function(cfg, t, T, alphas_cumprod, prediction_type, scalings)
     out = student(z_t, t, timestep_cond=w_emb, encoder_hidden_states=prompt_embeds).sample
-    pred = consistency_function(out, z_t, t, alphas_cumprod, **scalings)
+    pred = function(out, z_t, t)
 
     with torch.no_grad():
         # 4. The guided teacher's jump Psi to t_n.
@@ -357,20 +356,43 @@ def distill_loss(
             timestep_cond=w_emb.to(target_dtype),
             encoder_hidden_states=prompt_embeds.to(target_dtype),
         ).sample
-        target = consistency_function(out_s.float(), z_s, s, alphas_cumprod, **scalings)
+        target = function(out_s.float(), z_s, s)
 
     # 6. d(f_theta, f_theta-).
     c = huber_constant(cfg.get("huber_c", 1e-3), latents[0].numel())
     return consistency_loss(pred, target, str(cfg.get("loss", "l2")), c)
 
 
+def _consistency_function(
+    cfg: Mapping[str, Any],
+    t: Tensor,
+    num_train_timesteps: int,
+    alphas_cumprod: Tensor,
+    prediction_type: str,
+    scalings: Mapping[str, float],
+):
+    """``f(output, x, at) -> Tensor`` for one training batch whose online timesteps are ``t``.
+
+    Without ``cfg["phases"]``: LCM's f (eq. 11), c_skip x + c_out x0_hat. With it: PCM's
+    phased f, a DDIM jump to the lower edge of the phase of ``t`` (:func:`ddim_jump`);
+    the target, evaluated at t_n, jumps to that same edge.
+    """
+    phases = cfg.get("phases")
+    if not phases:
+
+        def lcm_f(output: Tensor, x: Tensor, at: Tensor) -> Tensor:
+            return consistency_function(
+                output, x, at, alphas_cumprod, prediction_type=prediction_type, **scalings
+            )
+
+        return lcm_f
+    original_steps = num_train_timesteps // int(cfg["k"])
+    edge = phase_floor(t, phase_tops(int(phases), original_steps, num_train_timesteps))
+
+    def phased_f(output: Tensor, x: Tensor, at: Tensor) -> Tensor:
+        return ddim_jump(output, x, at, edge, alphas_cumprod, prediction_type)
+
+    return phased_f
+
+
 # --------------------------------------------------------------------------------------------
-
-
-def _gen_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
-
-
-def _randn(shape, generator, device, dtype) -> Tensor:
-    """Noise from ``generator`` (whatever its device), then moved: seeded on any device."""
-    return torch.randn(shape, generator=generator, device=_gen_device(generator)).to(device, dtype)

@@ -15,6 +15,10 @@ Guidance: ``w`` is the LCM paper's guidance weight, the one the student was dist
 LCM pipeline embeds ``guidance_scale - 1``; the user-facing functions here (:func:`generate`,
 ``llcm generate --guidance``, the registry's pyfunc) take ``guidance_scale`` like diffusers.
 
+:func:`phased_sample` samples a phased student (PCM, ``distill.phased``): deterministic, one
+DDIM jump of the student per step to the next timestep of the same schedule, the last to t = 0,
+as diffusers' ``TCDScheduler`` at gamma (``eta``) = 0.
+
 Noise is drawn with diffusers' ``randn_tensor`` from one ``torch.Generator`` in the pipeline's
 order (initial latents unless given, then one draw per intermediate step).
 """
@@ -28,11 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ops.distill.consistency import consistency_function, guidance_embedding
+from ops.distill.consistency import consistency_function, ddim_jump, guidance_embedding
+from ops.distill.schedule import lcm_timesteps
 from ops.distill.solvers import append_dims
 from ops.models.presets import encode_prompts
 
@@ -42,22 +46,6 @@ METADATA_FILE = "llcm.json"
 # --------------------------------------------------------------------------------------------
 # Timesteps and the sampling loop
 # --------------------------------------------------------------------------------------------
-
-
-def lcm_timesteps(steps: int, original_steps: int, num_train_timesteps: int = 1000) -> Tensor:
-    """``LCMScheduler.set_timesteps``: ``steps`` evenly indexed points of the skipping grid.
-
-    ``original_steps`` = T / k is the size of the distillation grid t_n = (n + 1) k - 1.
-    """
-    if not 1 <= steps <= original_steps:
-        raise ValueError(
-            f"steps must be between 1 and {original_steps} (the model's original_inference_steps"
-            f" = {num_train_timesteps}/k), got {steps}"
-        )
-    k = num_train_timesteps // original_steps
-    origin = np.arange(1, original_steps + 1) * k - 1
-    index = np.floor(np.linspace(0, original_steps, num=steps, endpoint=False)).astype(np.int64)
-    return torch.from_numpy(origin[::-1][index].copy())
 
 
 @torch.no_grad()
@@ -117,6 +105,42 @@ def consistency_sample(
     return denoised
 
 
+@torch.no_grad()
+def phased_sample(
+    unet: nn.Module,
+    prompt_embeds: Tensor,
+    steps: int,
+    w: float,
+    generator: torch.Generator | None = None,
+    *,
+    alphas_cumprod: Tensor,
+    original_steps: int,
+    latents: Tensor | None = None,
+    latent_size: tuple[int, int] | None = None,
+    prediction_type: str = "epsilon",
+) -> Tensor:
+    """Deterministic phased sampling (TCD at gamma = 0): from z_T, one DDIM jump of the
+    student per step to the next timestep of the ``steps``-step schedule, the last to t = 0.
+    Returns the final latents; same arguments as ``consistency_sample``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, dtype = prompt_embeds.device, prompt_embeds.dtype
+    batch = prompt_embeds.shape[0]
+    timesteps = lcm_timesteps(steps, original_steps, len(alphas_cumprod)).to(device)
+    targets = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
+    if latents is None:
+        size = latent_size or (unet.config.sample_size, unet.config.sample_size)
+        shape = (batch, unet.config.in_channels, *size)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    z = latents.to(device, dtype)
+    w_emb = guidance_embedding(torch.full((batch,), float(w)), unet.config.time_cond_proj_dim)
+    w_emb = w_emb.to(device, dtype)
+    for t, edge in zip(timesteps, targets, strict=True):
+        out = unet(z, t, timestep_cond=w_emb, encoder_hidden_states=prompt_embeds).sample
+        z = ddim_jump(out, z, t.expand(batch), edge.expand(batch), alphas_cumprod, prediction_type)
+    return z
+
+
 # --------------------------------------------------------------------------------------------
 # A saved consistency pipeline: write, load, generate
 # --------------------------------------------------------------------------------------------
@@ -130,6 +154,7 @@ def save_consistency_pipeline(
     *,
     timestep_scaling: float = 10.0,
     metadata: Mapping[str, Any] | None = None,
+    phases: int | None = None,
 ) -> Path:
     """Write a ``LatentConsistencyModelPipeline`` directory: student UNet + the teacher's parts.
 
@@ -138,8 +163,19 @@ def save_consistency_pipeline(
     ``original_inference_steps = T / k``; no safety checker or feature extractor. Weights are
     safetensors. ``metadata`` (solver, k, training provenance) lands in ``llcm.json``. The
     directory is written next to ``out_dir`` and moved into place when complete.
+
+    A phased student (``phases``, PCM) is written as a ``StableDiffusionPipeline`` with a
+    ``TCDScheduler`` instead: stock diffusers then samples it with ``eta=0`` (the SD
+    pipeline's default) exactly as :func:`phased_sample` does. (The LCM pipeline cannot: it
+    hands TCD ``eta=None``.)
     """
-    from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler
+    from diffusers import (
+        AutoencoderKL,
+        LatentConsistencyModelPipeline,
+        LCMScheduler,
+        StableDiffusionPipeline,
+        TCDScheduler,
+    )
     from transformers import CLIPTextModel, CLIPTokenizer
 
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
@@ -151,7 +187,8 @@ def save_consistency_pipeline(
     T = int(sched.get("num_train_timesteps", 1000))
     if k < 1 or T % k:
         raise ValueError(f"skip k={k} must be a positive divisor of num_train_timesteps={T}")
-    scheduler = LCMScheduler(
+    scheduler_class = TCDScheduler if phases else LCMScheduler
+    scheduler = scheduler_class(
         num_train_timesteps=T,
         beta_start=sched.get("beta_start", 0.00085),
         beta_end=sched.get("beta_end", 0.012),
@@ -163,8 +200,11 @@ def save_consistency_pipeline(
         timestep_scaling=timestep_scaling,
         clip_sample=False,
         set_alpha_to_one=True,
+        # unused by both; the SD pipeline warns about (and rewrites) TCD's default of 0
+        **({"steps_offset": 1} if phases else {}),
     )
-    pipe = LatentConsistencyModelPipeline(
+    pipeline_class = StableDiffusionPipeline if phases else LatentConsistencyModelPipeline
+    pipe = pipeline_class(
         vae=AutoencoderKL.from_pretrained(teacher_dir / "vae", use_safetensors=True),
         text_encoder=CLIPTextModel.from_pretrained(
             teacher_dir / "text_encoder", use_safetensors=True
@@ -180,6 +220,8 @@ def save_consistency_pipeline(
     shutil.rmtree(partial, ignore_errors=True)
     pipe.save_pretrained(partial, safe_serialization=True)
     meta = {"k": k, "original_inference_steps": T // k, "timestep_scaling": timestep_scaling}
+    if phases:
+        meta["phases"] = int(phases)
     meta.update(metadata or {})
     (partial / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     if out_dir.exists():
@@ -204,6 +246,11 @@ class ConsistencyPipeline:
     metadata: dict[str, Any]
 
     @property
+    def phased(self) -> bool:
+        """A phased (PCM) student: sampled by :func:`phased_sample`, not multistep LCM."""
+        return bool(self.metadata.get("phases"))
+
+    @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -216,7 +263,7 @@ def load_consistency_pipeline(
     ``device`` defaults to CUDA when available. Noise is always drawn on the CPU
     (:func:`generate`), so a seed gives the same images on any device up to kernel numerics.
     """
-    from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, LCMScheduler, TCDScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
@@ -228,7 +275,9 @@ def load_consistency_pipeline(
         raise ValueError(f"{path} is not a consistency model: its UNet has no time_cond_proj_dim")
     vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True)
-    scheduler = LCMScheduler.from_pretrained(path / "scheduler")
+    config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
+    scheduler_class = TCDScheduler if config.get("_class_name") == "TCDScheduler" else LCMScheduler
+    scheduler = scheduler_class.from_pretrained(path / "scheduler")
     meta_file = path / METADATA_FILE
     return ConsistencyPipeline(
         path=path,
@@ -245,7 +294,6 @@ def load_consistency_pipeline(
 
 
 @torch.no_grad()
-@torch.no_grad()
 def generate(
     pipe: ConsistencyPipeline,
     prompts: str | Sequence[str],
@@ -260,7 +308,8 @@ def generate(
     """Images for ``prompts`` (``num_images`` each, prompt-major) and their latents.
 
     Returns (PIL images, denoised latents). ``guidance_scale`` is diffusers' (w + 1); the same
-    seed gives the same images, as ``LatentConsistencyModelPipeline`` with the same generator.
+    seed gives the same images, as ``LatentConsistencyModelPipeline`` with the same generator
+    (a phased student: as ``StableDiffusionPipeline`` with its ``TCDScheduler``).
     """
     from PIL import Image
 
@@ -279,18 +328,24 @@ def generate(
     default = pipe.unet.config.sample_size * f
     size = ((height or default) // f, (width or default) // f)
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    latents = consistency_sample(
-        pipe.unet,
-        embeds,
-        steps,
-        guidance_scale - 1.0,
-        generator,
+    common = dict(
         alphas_cumprod=pipe.alphas_cumprod,
         original_steps=pipe.original_steps,
         latent_size=size,
-        timestep_scaling=pipe.timestep_scaling,
         prediction_type=pipe.prediction_type,
     )
+    if pipe.phased:
+        latents = phased_sample(pipe.unet, embeds, steps, guidance_scale - 1.0, generator, **common)
+    else:
+        latents = consistency_sample(
+            pipe.unet,
+            embeds,
+            steps,
+            guidance_scale - 1.0,
+            generator,
+            timestep_scaling=pipe.timestep_scaling,
+            **common,
+        )
     pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
     pixels = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
     images = [Image.fromarray((p * 255).round().astype("uint8")) for p in pixels]

@@ -1,8 +1,10 @@
-"""Stages ``llcm``, ``lcm`` and ``llcm2``: consistency distillation of the teacher (Algorithm 1).
+"""Stages ``llcm``, ``lcm``, ``llcm2`` and ``llcm_pcm``: consistency distillation of the teacher
+(Algorithm 1).
 
-One trainer, three models that differ only in the teacher's ODE step Psi
-(``distill.solvers``): ``lcm`` uses DDIM (Luo et al.'s LCM), ``llcm`` the paper's leapfrog step
-(eq. 15-16, DDIM at h = 1/2), ``llcm2`` the second-order leapfrog. The student is the teacher's
+One trainer, models that differ only in the teacher's ODE step Psi (``distill.solvers``):
+``lcm`` uses DDIM (Luo et al.'s LCM), ``llcm`` the paper's leapfrog step (eq. 15-16, DDIM at
+h = 1/2), ``llcm2`` the second-order leapfrog; ``llcm_pcm`` takes llcm's step with the phased
+consistency function (``distill.phased``, PCM) instead of eq. 11. The student is the teacher's
 UNet plus a fresh guidance projection; the target network is the student's EMA (decay
 ``distill.ema_decay``, 0.95 in the paper, with no warm-up); the teacher and the target are
 frozen and only the student trains. The math lives in ``ops.distill.consistency``; this module is the
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 
 from ops.config import stage_config
-from ops.distill.ablation import is_study_student, student_config
+from ops.distill.ablation import MAIN_STUDENTS, is_study_student, student_config
 from ops.distill.consistency import distill_loss, make_student, solver_for_model
 from ops.distill.sampling import generate, load_consistency_pipeline, save_consistency_pipeline
 from ops.layout import DataLayout
@@ -42,7 +44,7 @@ from ops.training.samples import write_class_table
 
 STAGE = "distill"
 TEACHER = "teacher"
-MODELS = ("llcm", "lcm", "llcm2")
+MODELS = MAIN_STUDENTS
 GRID_FILE = "samples.png"
 GRID_STEPS = (1, 2, 4, 8)
 # Keys that do not change the trained weights (sampling grid only).
@@ -62,6 +64,12 @@ def build_lcm(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
 def build_llcm2(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
     """The second-order leapfrog variant (two teacher evaluations per jump)."""
     return _build("llcm2", params, layout)
+
+
+def build_llcm_pcm(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
+    """The phased student: the paper's leapfrog jump, trained to the edges of
+    ``distill.phased.llcm_pcm`` phases (PCM), sampled deterministically."""
+    return _build("llcm_pcm", params, layout)
 
 
 def build_ablation_student(model: str, params: dict[str, Any], layout: DataLayout) -> dict:
@@ -239,6 +247,7 @@ def publish(
         layout.model(model),
         int(cfg["k"]),
         timestep_scaling=float(cfg["timestep_scaling"]),
+        phases=cfg.get("phases"),
         metadata={
             "model": model,
             "solver": cfg["solvers"][model],
@@ -301,3 +310,7 @@ def train_lcm(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
 
 def train_llcm2(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
     return train_distilled("llcm2", params, layout)
+
+
+def train_llcm_pcm(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
+    return train_distilled("llcm_pcm", params, layout)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from ops.distill.ablation import MAIN_STUDENTS
 from ops.eval.classifier import CONFIG_FILE, MODEL_NAME
 from ops.eval.context import POOLED
 from ops.eval.report_tables import fmt, table
@@ -24,7 +25,7 @@ from ops.layout import DataLayout
 
 FILE = "class_fidelity.md"
 TEACHER = "teacher_dpmpp"
-STUDENTS = ("llcm", "lcm", "llcm2")
+STUDENTS = MAIN_STUDENTS
 STUDENT_STEPS = (1, 2, 4)
 
 
