@@ -82,3 +82,6 @@ def test_fidelity_stage_classifies_originals_and_reconstructions_per_class(
     assert per_class and all(len(pair) == 2 for pair in per_class.values())
     saved = (layout.reports / FIDELITY_FILE).read_text()
     assert '"per_class_accuracy"' in saved
+    # the fixed-rule finding readers cover phantom classes only: none among the fixture's
+    assert summary["per_class_finding_agreement"] == {}
+    assert summary["finding_agreement_reconstructions"] is None

@@ -4,7 +4,9 @@ PSNR says how close a reconstruction is on average; it barely moves when a VAE e
 kidney stone three pixels wide, which is what the tiny presets' findings are. So the
 ``autoencoder_fidelity`` stage classifies held-out test images and their reconstructions with
 the domain classifier (``models/domain_classifier``) and reports both accuracies, overall and
-per class, in ``reports/vae_fidelity.json``. It is a stage of its own, after both the
+per class, in ``reports/vae_fidelity.json``. For phantom classes it also reads the finding
+off both with the fixed per-family rules of ``ops.eval.findings`` (no learned weights): an
+evaluator that no loss term of any VAE can have been fitted to. It is a stage of its own, after both the
 autoencoder and the classifier, so neither waits for the other and the number is always there.
 """
 
@@ -41,6 +43,8 @@ def reconstruction_fidelity(
     drop (classes the classifier does not know, e.g. a family added later, are skipped).
     """
     from ops.eval.classifier import MODEL_NAME, classify, load_domain_classifier
+    from ops.eval.features import to_uint8_hwc
+    from ops.eval.findings import finding_agreement
     from ops.models.autoencoder import reconstruct
     from ops.training.image_data import iter_image_batches, to_model_range
 
@@ -58,12 +62,17 @@ def reconstruction_fidelity(
     if rows.empty:
         return {"recon_evaluator": "domain_classifier", "recon_images": 0}
     truth = torch.tensor([index[c] for c in rows["class_name"]])
-    pred_orig, pred_recon = [], []
+    pred_orig, pred_recon, pixels_orig, pixels_recon = [], [], [], []
     for _, batch in iter_image_batches(layout, rows, batch_size):
         recon = reconstruct(vae, to_model_range(batch).to(device)).cpu()
         pred_orig.append(torch.as_tensor(classify(classifier, batch)))
         pred_recon.append(torch.as_tensor(classify(classifier, recon)))
+        pixels_orig.extend(to_uint8_hwc(batch))
+        pixels_recon.extend(to_uint8_hwc(recon))
     orig, recon = torch.cat(pred_orig), torch.cat(pred_recon)
+    names = rows["class_name"].tolist()
+    findings_orig = finding_agreement(pixels_orig, names)
+    findings_recon = finding_agreement(pixels_recon, names)
     acc_orig = float((orig == truth).float().mean())
     acc_recon = float((recon == truth).float().mean())
     per_orig = _per_class(orig, truth, class_names)
@@ -76,7 +85,17 @@ def reconstruction_fidelity(
         "accuracy_ratio": acc_recon / acc_orig if acc_orig > 0 else None,
         "max_class_drop": max(per_orig[c] - per_recon[c] for c in per_orig),
         "per_class_accuracy": {c: [per_orig[c], per_recon[c]] for c in per_orig},
+        # phantom classes: [originals, reconstructions] share whose read finding fits the label
+        "per_class_finding_agreement": {
+            c: [findings_orig[c], findings_recon[c]] for c in findings_orig
+        },
+        "finding_agreement_originals": _mean(findings_orig),
+        "finding_agreement_reconstructions": _mean(findings_recon),
     }
+
+
+def _mean(per_class: dict[str, float]) -> float | None:
+    return float(sum(per_class.values()) / len(per_class)) if per_class else None
 
 
 def build_vae_fidelity(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:

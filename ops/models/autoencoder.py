@@ -26,6 +26,7 @@ import torch
 
 from ops.config import stage_config
 from ops.layout import DataLayout
+from ops.models.perceptual import perceptual_distance, perceptual_net
 from ops.models.presets import (
     build_text_encoder,
     build_tokenizer,
@@ -149,7 +150,8 @@ def train_prompt_separation(
 
 # --- VAE training ------------------------------------------------------------------------------
 class VaeObjective(torch.nn.Module):
-    """SD's first-stage objective without its perceptual and GAN terms (no LPIPS offline).
+    """SD's first-stage objective without its GAN term; its LPIPS term, when
+    ``perceptual_weight`` > 0, on a network trained here (``ops.models.perceptual``).
 
     LDM (Rombach et al. 2022) sums the L1 reconstruction error over pixels and the KL over
     latent entries per sample and weighs the KL by ``kl_weight`` (1e-6). Both are divided by
@@ -168,6 +170,8 @@ class VaeObjective(torch.nn.Module):
         l1_weight: float = 1.0,
         l2_weight: float = 0.0,
         gradient_weight: float = 0.0,
+        perceptual: torch.nn.Module | None = None,
+        perceptual_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.vae = vae
@@ -177,6 +181,8 @@ class VaeObjective(torch.nn.Module):
             "l2_weight": l2_weight,
             "gradient_weight": gradient_weight,
         }
+        self.perceptual = perceptual  # frozen: no parameter of it trains
+        self.perceptual_weight = perceptual_weight
 
     def forward(self, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         posterior = self.vae.encode(images).latent_dist
@@ -184,7 +190,12 @@ class VaeObjective(torch.nn.Module):
         recon = self.vae.decode(latents).sample
         pixels = images[0].numel()
         kl = posterior.kl().mean() / pixels
-        return reconstruction_loss(recon, images, **self.weights) + self.kl_weight * kl
+        loss = reconstruction_loss(recon, images, **self.weights) + self.kl_weight * kl
+        if self.perceptual is not None and self.perceptual_weight:
+            loss = loss + self.perceptual_weight * perceptual_distance(
+                self.perceptual, recon.float(), images
+            )
+        return loss
 
 
 def train_autoencoder(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
@@ -207,12 +218,15 @@ def _train_autoencoder(cfg: dict[str, Any], params: dict[str, Any], layout: Data
     vae = build_vae(cfg)
     side = cfg["resolution"] // vae_downsample_factor(vae)
     latent_shape = (int(vae.config.latent_channels), side, side)
+    perceptual, perceptual_summary = perceptual_net(cfg, rows, images)
     objective = VaeObjective(
         vae,
         float(cfg["kl_weight"]),
         l1_weight=float(cfg.get("l1_weight", 1.0)),
         l2_weight=float(cfg.get("l2_weight", 0.0)),
         gradient_weight=float(cfg.get("gradient_weight", 0.0)),
+        perceptual=perceptual,
+        perceptual_weight=float(cfg.get("perceptual_weight", 0.0)),
     )
     optimizer = torch.optim.AdamW(vae.parameters(), lr=float(cfg["learning_rate"]))
     objective, optimizer = accelerator.prepare(objective, optimizer)
@@ -248,6 +262,7 @@ def _train_autoencoder(cfg: dict[str, Any], params: dict[str, Any], layout: Data
         "source": "train",
         "vae_parameters": count_parameters(vae),
         "train_images": len(rows),
+        **perceptual_summary,
         **result.as_dict(),
     }
 
