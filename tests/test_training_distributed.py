@@ -33,7 +33,7 @@ def data(prepared, tmp_path) -> DataLayout:
 def test_two_processes_train_on_halves_of_the_same_global_batch(data, tmp_path, omp_one_thread):
     params = micro_test_params(
         f"presets.micro.teacher.steps={STEPS}",
-        "teacher.num_processes=2",
+        "presets.micro.teacher.num_processes=2",
         "teacher.checkpoint_every=2",
     )
     two = run_trainer("teacher", train_teacher, params, data, stage_config(params, "teacher"))

@@ -47,7 +47,7 @@ SAMPLING_KEYS = {"sample_guidance", "sample_steps", "samples_per_class"}
 
 
 def build_teacher(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
-    """Train the teacher (in this process or ``teacher.num_processes`` launched); summary."""
+    """Train the teacher (in this process or ``num_processes`` launched: presets.<name>.teacher); summary."""
     return run_trainer(STAGE, train_teacher, params, layout, stage_config(params, STAGE))
 
 
