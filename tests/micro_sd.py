@@ -214,3 +214,16 @@ def micro_registry(tmp_path_factory) -> dict:
         mlflow_env.warn_dependency_requirement_mismatches = check
     _REGISTRY.update(root=root, layout=layout, params=params, model_dir=model_dir, v1=v1, v2=v2)
     return _REGISTRY
+
+
+def build_micro_pcm(root: Path, k: int = 20, phases: int = 4) -> Path:
+    """The micro student of :func:`build_micro_lcm`, saved again as a phased (PCM) student at
+    ``root/llcm_pcm``: a StableDiffusionPipeline with a TCDScheduler."""
+    from ops.distill.sampling import load_consistency_pipeline, save_consistency_pipeline
+
+    root = Path(root)
+    pipe = load_consistency_pipeline(build_micro_lcm(root, k), device="cpu")
+    return save_consistency_pipeline(
+        pipe.unet, root / "teacher", root / "llcm_pcm", k, phases=phases,
+        metadata={"solver": "leapfrog"},
+    )  # fmt: skip

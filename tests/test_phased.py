@@ -6,10 +6,9 @@ from __future__ import annotations
 import copy
 import json
 
-import numpy as np
 import pytest
 import torch
-from micro_sd import IMAGE_SIZE, PROMPTS, build_micro_lcm
+from micro_sd import IMAGE_SIZE, PROMPTS, build_micro_pcm
 
 from ops.distill.consistency import (
     ddim_jump,
@@ -17,10 +16,8 @@ from ops.distill.consistency import (
     make_student,
 )
 from ops.distill.sampling import (
-    generate,
     load_consistency_pipeline,
     phased_sample,
-    save_consistency_pipeline,
 )
 from ops.distill.schedule import phase_floor, phase_tops, sd_alphas_cumprod, timestep_pairs
 from ops.models.presets import encode_prompts
@@ -34,13 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def pcm_dir(tmp_path_factory):
     """The micro consistency student of test_sampling, saved again as a 4-phase student."""
-    root = tmp_path_factory.mktemp("phased")
-    lcm_dir = build_micro_lcm(root, K)
-    pipe = load_consistency_pipeline(lcm_dir, device="cpu")
-    return save_consistency_pipeline(
-        pipe.unet, root / "teacher", root / "llcm_pcm", K, phases=PHASES,
-        metadata={"solver": "leapfrog"},
-    )  # fmt: skip
+    return build_micro_pcm(tmp_path_factory.mktemp("phased"), K, PHASES)
 
 
 def test_phase_edges_are_the_tcd_timesteps_and_hold_every_training_pair():
@@ -133,26 +124,3 @@ def test_phased_sampler_matches_stock_sd_pipeline_with_tcd(pcm_dir, steps):
         ours.unet, embeds, steps, 3.0, torch.Generator().manual_seed(99), latents=noise, **common
     )
     assert torch.equal(again, mine)
-
-
-def test_generate_matches_stock_sd_pipeline_images(pcm_dir):
-    from diffusers import StableDiffusionPipeline
-
-    stock = StableDiffusionPipeline.from_pretrained(pcm_dir)
-    stock.set_progress_bar_config(disable=True)
-    ref = stock(
-        prompt=PROMPTS[2],
-        num_inference_steps=PHASES,
-        guidance_scale=3.0,
-        num_images_per_prompt=3,
-        generator=torch.Generator().manual_seed(11),
-        height=IMAGE_SIZE,
-        width=IMAGE_SIZE,
-        output_type="np",
-    ).images
-    images, _ = generate(
-        load_consistency_pipeline(pcm_dir, device="cpu"), PROMPTS[2], steps=PHASES,
-        guidance_scale=3.0, seed=11, num_images=3,
-    )  # fmt: skip
-    mine = np.stack([np.asarray(img, dtype=np.float32) / 255.0 for img in images])
-    assert np.abs(mine - ref).max() <= 1.0 / 255 + 1e-6

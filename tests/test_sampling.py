@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from micro_sd import IMAGE_SIZE, PROMPTS, build_micro_lcm
+from micro_sd import IMAGE_SIZE, PROMPTS, build_micro_lcm, build_micro_pcm
 
 from ops.distill.consistency import make_student
 from ops.distill.sampling import (
@@ -98,11 +98,22 @@ def test_sampler_matches_stock_pipeline(lcm_dir):
     assert not torch.allclose(other, mine)
 
 
-def test_generate_matches_stock_pipeline_images(lcm_dir):
-    """Seeded end to end: prompt -> noise from the generator -> steps -> VAE -> pixels."""
-    from diffusers import LatentConsistencyModelPipeline
+@pytest.fixture(scope="module")
+def pcm_dir(tmp_path_factory):
+    return build_micro_pcm(tmp_path_factory.mktemp("sampling_pcm"), K)
 
-    stock = LatentConsistencyModelPipeline.from_pretrained(lcm_dir)
+
+@pytest.mark.parametrize(
+    "saved, stock_class",
+    [("lcm_dir", "LatentConsistencyModelPipeline"), ("pcm_dir", "StableDiffusionPipeline")],
+)
+def test_generate_matches_stock_pipeline_images(saved, stock_class, request):
+    """Seeded end to end: prompt -> noise from the generator -> steps -> VAE -> pixels; a
+    phased student is a stock StableDiffusionPipeline with its TCDScheduler."""
+    import diffusers
+
+    directory = request.getfixturevalue(saved)
+    stock = getattr(diffusers, stock_class).from_pretrained(directory)
     stock.set_progress_bar_config(disable=True)
     ref = stock(
         prompt=PROMPTS[2],
@@ -115,14 +126,14 @@ def test_generate_matches_stock_pipeline_images(lcm_dir):
         output_type="np",
     ).images
     images, _ = generate(
-        load_consistency_pipeline(lcm_dir), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
+        load_consistency_pipeline(directory), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
         num_images=3,
     )  # fmt: skip
     assert len(images) == 3 and images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
     mine = np.stack([np.asarray(im) for im in images]).astype(np.float64)
     assert np.abs(mine - np.round(ref * 255)).max() <= 1
     again, _ = generate(
-        load_consistency_pipeline(lcm_dir), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
+        load_consistency_pipeline(directory), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
         num_images=3,
     )  # fmt: skip
     assert all(a.tobytes() == b.tobytes() for a, b in zip(images, again, strict=True))

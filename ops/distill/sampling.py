@@ -75,16 +75,9 @@ def consistency_sample(
     from diffusers.utils.torch_utils import randn_tensor
 
     device, dtype = prompt_embeds.device, prompt_embeds.dtype
-    batch = prompt_embeds.shape[0]
     timesteps = lcm_timesteps(steps, original_steps, len(alphas_cumprod)).to(device)
     alphas_cumprod = alphas_cumprod.to(device)
-    if latents is None:
-        size = latent_size or (unet.config.sample_size, unet.config.sample_size)
-        shape = (batch, unet.config.in_channels, *size)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    z = latents.to(device, dtype)
-    w_emb = guidance_embedding(torch.full((batch,), float(w)), unet.config.time_cond_proj_dim)
-    w_emb = w_emb.to(device, dtype)
+    z, w_emb = _start(unet, prompt_embeds, w, generator, latents, latent_size)
 
     denoised = z
     for i, t in enumerate(timesteps):
@@ -122,23 +115,37 @@ def phased_sample(
     """Deterministic phased sampling (TCD at gamma = 0): from z_T, one DDIM jump of the
     student per step to the next timestep of the ``steps``-step schedule, the last to t = 0.
     Returns the final latents; same arguments as ``consistency_sample``."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    device, dtype = prompt_embeds.device, prompt_embeds.dtype
     batch = prompt_embeds.shape[0]
-    timesteps = lcm_timesteps(steps, original_steps, len(alphas_cumprod)).to(device)
+    timesteps = lcm_timesteps(steps, original_steps, len(alphas_cumprod))
+    timesteps = timesteps.to(prompt_embeds.device)
     targets = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
-    if latents is None:
-        size = latent_size or (unet.config.sample_size, unet.config.sample_size)
-        shape = (batch, unet.config.in_channels, *size)
-        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    z = latents.to(device, dtype)
-    w_emb = guidance_embedding(torch.full((batch,), float(w)), unet.config.time_cond_proj_dim)
-    w_emb = w_emb.to(device, dtype)
+    z, w_emb = _start(unet, prompt_embeds, w, generator, latents, latent_size)
     for t, edge in zip(timesteps, targets, strict=True):
         out = unet(z, t, timestep_cond=w_emb, encoder_hidden_states=prompt_embeds).sample
         z = ddim_jump(out, z, t.expand(batch), edge.expand(batch), alphas_cumprod, prediction_type)
     return z
+
+
+def _start(
+    unet: nn.Module,
+    prompt_embeds: Tensor,
+    w: float,
+    generator: torch.Generator | None,
+    latents: Tensor | None,
+    latent_size: tuple[int, int] | None,
+) -> tuple[Tensor, Tensor]:
+    """Both samplers' start: z_T (drawn first from ``generator``, as the pipelines do, unless
+    given) and the embedding of w, on the prompts' device and dtype."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device, dtype = prompt_embeds.device, prompt_embeds.dtype
+    batch = prompt_embeds.shape[0]
+    if latents is None:
+        size = latent_size or (unet.config.sample_size, unet.config.sample_size)
+        shape = (batch, unet.config.in_channels, *size)
+        latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+    w_emb = guidance_embedding(torch.full((batch,), float(w)), unet.config.time_cond_proj_dim)
+    return latents.to(device, dtype), w_emb.to(device, dtype)
 
 
 # --------------------------------------------------------------------------------------------
