@@ -62,14 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     summary = resolve_trainer(args.stage)(params, layout)
     from accelerate import PartialState
 
+    from ops.training.runtime import leave_process_group
+
     state = PartialState()
     if state.is_main_process:
         text = json.dumps(summary, indent=2, default=str)
         print(text)
         if args.summary:
             Path(args.summary).write_text(text)
-    state.wait_for_everyone()
-    state.destroy_process_group()
+    leave_process_group()
     return 0
 
 

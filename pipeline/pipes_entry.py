@@ -140,24 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = fn(params, layout)
         if global_rank() == 0:
             print(json.dumps(jsonable(summary or {}), indent=2))
-    leave_process_group()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # one process never imports torch for it
+        from ops.training.runtime import leave_process_group
+
+        leave_process_group()
     return 0
-
-
-def leave_process_group() -> None:
-    """Wait for every rank, then tear the process group down (as ``ops.entry`` does).
-
-    Without it a rank that finishes first exits while gloo's threads are still live, and
-    about one launch in four here died with "terminate called without an active exception"
-    (SIGABRT) after its work was done. A single process never imports torch for this.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return
-    from accelerate import PartialState
-
-    state = PartialState()
-    state.wait_for_everyone()
-    state.destroy_process_group()
 
 
 def elastic_main(argv: Sequence[str] | None = None) -> int:

@@ -76,3 +76,21 @@ def test_killed_run_resumes_from_its_last_checkpoint(data, tmp_path, omp_one_thr
     assert client.get_run(summary["mlflow_run_id"]).info.status == "FINISHED"
     logged = {m.step for m in client.get_metric_history(summary["mlflow_run_id"], "loss")}
     assert set(range(1, finish + 1)) <= logged
+
+
+def test_vae_with_the_perceptual_term_trains_in_two_processes(data, omp_one_thread):
+    """The tiny default's path: the feature network is trained once (rank 0) and handed to
+    both ranks; both then train the VAE on halves of the global batch."""
+    from ops.models.autoencoder import train_autoencoder
+
+    params = micro_test_params(
+        "presets.micro.autoencoder.steps=2",
+        "presets.micro.autoencoder.num_processes=2",
+        "presets.micro.autoencoder.perceptual_weight=0.5",
+        "presets.micro.autoencoder.perceptual_epochs=1",
+    )
+    cfg = stage_config(params, "autoencoder")
+    summary = run_trainer("autoencoder", train_autoencoder, params, data, cfg)
+    assert summary["world_size"] == 2 and summary["samples_per_rank"] == [2 * 4, 2 * 4]
+    assert 0 <= summary["perceptual_train_accuracy"] <= 1 and summary["perceptual_seconds"] > 0
+    assert (data.model("base") / "vae" / "config.json").is_file()

@@ -251,11 +251,7 @@ class ConsistencyPipeline:
     timestep_scaling: float
     prediction_type: str
     metadata: dict[str, Any]
-
-    @property
-    def phased(self) -> bool:
-        """A phased (PCM) student: sampled by :func:`phased_sample`, not multistep LCM."""
-        return bool(self.metadata.get("phases"))
+    phased: bool = False  # saved with a TCDScheduler: sampled by :func:`phased_sample`
 
     @property
     def vae_scale_factor(self) -> int:
@@ -283,8 +279,8 @@ def load_consistency_pipeline(
     vae = AutoencoderKL.from_pretrained(path / "vae", use_safetensors=True)
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", use_safetensors=True)
     config = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    scheduler_class = TCDScheduler if config.get("_class_name") == "TCDScheduler" else LCMScheduler
-    scheduler = scheduler_class.from_pretrained(path / "scheduler")
+    phased = config.get("_class_name") == "TCDScheduler"
+    scheduler = (TCDScheduler if phased else LCMScheduler).from_pretrained(path / "scheduler")
     meta_file = path / METADATA_FILE
     return ConsistencyPipeline(
         path=path,
@@ -297,6 +293,7 @@ def load_consistency_pipeline(
         timestep_scaling=float(scheduler.config.timestep_scaling),
         prediction_type=scheduler.config.prediction_type,
         metadata=json.loads(meta_file.read_text()) if meta_file.is_file() else {},
+        phased=phased,
     )
 
 

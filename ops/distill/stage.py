@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ops.config import stage_config
-from ops.distill.ablation import MAIN_STUDENTS, is_study_student, student_config
+from ops.distill.ablation import is_study_student, student_config
 from ops.distill.consistency import distill_loss, make_student, solver_for_model
 from ops.distill.sampling import generate, load_consistency_pipeline, save_consistency_pipeline
 from ops.layout import DataLayout
@@ -44,7 +44,6 @@ from ops.training.samples import write_class_table
 
 STAGE = "distill"
 TEACHER = "teacher"
-MODELS = MAIN_STUDENTS
 GRID_FILE = "samples.png"
 GRID_STEPS = (1, 2, 4, 8)
 # Keys that do not change the trained weights (sampling grid only).

@@ -218,7 +218,8 @@ def _train_autoencoder(cfg: dict[str, Any], params: dict[str, Any], layout: Data
     vae = build_vae(cfg)
     side = cfg["resolution"] // vae_downsample_factor(vae)
     latent_shape = (int(vae.config.latent_channels), side, side)
-    perceptual, perceptual_summary = perceptual_net(cfg, rows, images)
+    # one rank trains the feature network, every rank gets the same one
+    perceptual, perceptual_summary = on_main_process(lambda: perceptual_net(cfg, rows, images))
     objective = VaeObjective(
         vae,
         float(cfg["kl_weight"]),

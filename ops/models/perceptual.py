@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ops.training.image_data import to_model_range
+
 DEFAULT_WIDTHS = (16, 32, 64)
 
 
@@ -129,14 +131,15 @@ def perceptual_net(
     """The frozen feature network of the VAE's perceptual term, trained on the VAE's own
     training rows (a manifest frame) and their class labels for ``perceptual_epochs``, or None
     without that term (``perceptual_weight`` 0). ``images``: uint8 N x 3 x S x S. Seeded: a
-    resumed run trains the same network again."""
+    resumed run trains the same network again. Under a launch, call it through
+    ``on_main_process``: one rank trains it, the others receive it."""
     if not float(cfg.get("perceptual_weight", 0.0)):
         return None, {}
     t0 = time.perf_counter()
     names = sorted(rows["class_name"].astype(str).unique())
     labels = torch.tensor([names.index(c) for c in rows["class_name"].astype(str)])
     net, accuracy = train_feature_net(
-        images.float() / 127.5 - 1.0,  # uint8 -> the VAE's [-1, 1]
+        to_model_range(images),
         labels,
         len(names),
         epochs=int(cfg.get("perceptual_epochs", 6)),
