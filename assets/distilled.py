@@ -1,8 +1,8 @@
 """Assets ``llcm``, ``lcm``, ``llcm2`` and ``llcm_pcm``: consistency models distilled from the
-teacher; and the
-skip-k ablation students ``llcm_k<k>`` (the paper's Fig. 3).
+teacher; and the study students ``llcm_k<k>`` (the paper's Fig. 3) and ``llcm_<variant>``.
 
-One asset family: the three differ only in the teacher's solver (``distill.solvers``), the
+One asset family: the first three differ only in the teacher's solver (``distill.solvers``),
+``llcm_pcm`` from ``llcm`` only in its consistency function (``distill.phased``), the
 ablation students only in k (``distill.k_ablation``, read from params.yaml when the code
 location loads, like the benchmark's partitions). Each calls its stage function in
 ``ops.distill.stage`` and attaches the loss, throughput, the registered model version (not for

@@ -6,8 +6,9 @@ kidney stone three pixels wide, which is what the tiny presets' findings are. So
 the domain classifier (``models/domain_classifier``) and reports both accuracies, overall and
 per class, in ``reports/vae_fidelity.json``. For phantom classes it also reads the finding
 off both with the fixed per-family rules of ``ops.eval.findings`` (no learned weights): an
-evaluator that no loss term of any VAE can have been fitted to. It is a stage of its own, after both the
-autoencoder and the classifier, so neither waits for the other and the number is always there.
+evaluator that no loss term of any VAE can have been fitted to. It is a stage of its own,
+after both the autoencoder and the classifier, so neither waits for the other and the number
+is always there.
 """
 
 from __future__ import annotations
