@@ -44,3 +44,21 @@ def test_other_sources_use_the_test_split_and_train_rows_for_the_floor(layout):
     assert not (layout.reports / "eval_reference").exists() or not any(
         (layout.reports / "eval_reference").rglob("*.jpg")
     )
+
+
+def test_validation_draw_shares_no_image_or_seed_with_the_evaluation(layout):
+    """``benchmark.draw: validation`` is the set to tune on: other real images (another index
+    band, its own folder, the evaluation's table untouched) and other generation seeds."""
+    from ops.eval.settings import benchmark_config
+
+    params = load_params(preset="micro")
+    validation = load_params(preset="micro", overrides=["benchmark.draw=validation"])
+    names = sorted(phantom_keys(params))[:2]
+    evaluation = draw_eval_sets(params, layout, names, _manifest(names))
+    val = draw_eval_sets(validation, layout, names, _manifest(names))
+    assert len(val) == len(evaluation) and (val["index"] >= 2_000_000_000).all()
+    assert set(val["image_id"]).isdisjoint(evaluation["image_id"])
+    assert val["path"].str.startswith("reports/val_reference/").all()
+    pd.testing.assert_frame_equal(draw_eval_sets(params, layout, names, _manifest(names)),
+                                  evaluation)  # fmt: skip
+    assert benchmark_config(validation)["seed"] != benchmark_config(params)["seed"]

@@ -15,18 +15,21 @@ for training and disjoint from train and test:
   round trip of some families (DICOM windowing, 16-bit PNG) is skipped, it changes pixels by
   at most a grey level;
 * ``reference`` (``reference_images_per_class`` per class) and ``floor`` (as many again) are
-  two independent draws; the floor row compares the latter with the former.
+  two independent draws; the floor row compares the latter with the former;
+* ``benchmark.draw: validation`` draws both from ``VALIDATION_INDEX_OFFSET`` on instead (and
+  generates from other seeds, ``ops.eval.settings``): the set to tune a recipe on, so that
+  the evaluation's reference images never choose a hyperparameter.
 
 Classes of other sources use their test split as reference and their train split (real
 images, disjoint from the test split) as the floor sample. Files: ``reports/eval_reference/
-<set>/<class>/<image_id>.jpg`` and ``reports/eval_reference.parquet`` (one row per image).
+<set>/<class>/<image_id>.jpg`` and ``reports/eval_reference.parquet`` (one row per image);
+the validation draw's under ``reports/val_reference``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -35,9 +38,10 @@ from ops.config import stage_config
 from ops.layout import DataLayout
 
 EVAL_INDEX_OFFSET = 1_000_000_000
+VALIDATION_INDEX_OFFSET = 2_000_000_000  # benchmark.draw: validation, the draw to tune on
 FLOOR_INDEX_OFFSET = 1_000_000  # within the evaluation indices
-TABLE = "eval_reference.parquet"
 FOLDER = "eval_reference"
+VALIDATION_FOLDER = "val_reference"  # the validation draw's images and table, kept apart
 REFERENCE, FLOOR = "reference", "floor"
 
 
@@ -54,12 +58,13 @@ def phantom_keys(params: dict[str, Any]) -> dict[str, str]:
 
 def _draw_settings(params: dict[str, Any], n: int) -> dict[str, Any]:
     ingest = stage_config(params, "ingest")
+    validation = _cfg(params)["draw"] == "validation"
     return {
         "seed": int(ingest["seed"]),
         "resolution": int(ingest["resolution"]),
         "jpeg_quality": int(ingest["jpeg_quality"]),
         "n": int(n),
-        "offset": EVAL_INDEX_OFFSET,
+        "offset": VALIDATION_INDEX_OFFSET if validation else EVAL_INDEX_OFFSET,
         "version": 1,
     }
 
@@ -86,7 +91,8 @@ def draw_eval_sets(
     n = int(_cfg(params)["reference_images_per_class"])
     settings = _draw_settings(params, n)
     draw_key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    table_path = layout.reports / TABLE
+    folder = VALIDATION_FOLDER if settings["offset"] == VALIDATION_INDEX_OFFSET else FOLDER
+    table_path = layout.reports / f"{folder}.parquet"
     if table_path.is_file():
         table = pd.read_parquet(table_path)
         if set(table["draw_key"]) == {draw_key} and set(table["class_name"]) >= set(wanted):
@@ -96,11 +102,11 @@ def draw_eval_sets(
     for name in wanted:
         for set_name, base in ((REFERENCE, 0), (FLOOR, FLOOR_INDEX_OFFSET)):
             for i in range(n):
-                index = EVAL_INDEX_OFFSET + base + i
+                index = settings["offset"] + base + i
                 iid, data = _draw_one(keys[name], index, settings)
                 if iid in known:  # never compare against an image the models trained on
                     continue
-                rel = f"reports/{FOLDER}/{set_name}/{name}/{iid}.jpg"
+                rel = f"reports/{folder}/{set_name}/{name}/{iid}.jpg"
                 path = layout.root / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(data)
@@ -138,7 +144,3 @@ def image_sets(
             floor = floor[~floor["holdout"].fillna(False).astype(bool)]
         out[FLOOR][name] = floor.sort_values("image_id").head(int(_cfg(params)["images_per_class"]))
     return out
-
-
-def is_drawn(path: str | Path) -> bool:
-    return f"/{FOLDER}/" in f"/{Path(path).as_posix()}"

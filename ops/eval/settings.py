@@ -33,7 +33,12 @@ DEFAULTS: dict[str, Any] = {
     "classes": None,
     "champion_seeds": 3,
     "champion_tolerance_sd": 3.0,
+    "draw": "evaluation",
 }
+DRAWS = ("evaluation", "validation")
+# A validation run generates from other seeds too, so neither its real nor its generated images
+# are the evaluation's.
+VALIDATION_SEED_SHIFT = 1_000_003
 
 
 def benchmark_config(params: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +60,10 @@ def benchmark_config(params: dict[str, Any]) -> dict[str, Any]:
         if extra:
             raise ConfigError(f"benchmark profile {profile!r} sets non-grid keys {extra}")
         cfg.update(copy.deepcopy(overlay))
+    if cfg["draw"] not in DRAWS:
+        raise ConfigError(f"benchmark.draw must be one of {DRAWS}, got {cfg['draw']!r}")
+    if cfg["draw"] == "validation":
+        cfg["seed"] = int(cfg["seed"]) + VALIDATION_SEED_SHIFT
     return cfg
 
 
