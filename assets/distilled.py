@@ -1,11 +1,13 @@
-"""Assets ``llcm``, ``lcm``, ``llcm2`` and ``llcm_pcm``: consistency models distilled from the
-teacher; and the study students ``llcm_k<k>`` (the paper's Fig. 3) and ``llcm_<variant>``.
+"""Assets ``llcm``, ``lcm``, ``llcm2``, ``llcm_pcm`` and ``llcm_dmd``: consistency models
+distilled from the teacher; and the study students ``llcm_k<k>`` (the paper's Fig. 3) and
+``llcm_<variant>``.
 
 One asset family: the first three differ only in the teacher's solver (``distill.solvers``),
-``llcm_pcm`` from ``llcm`` only in its consistency function (``distill.phased``), the
+``llcm_pcm`` from ``llcm`` only in its consistency function (``distill.phased``),
+``llcm_dmd`` refines the trained ``llcm`` by distribution matching (``ops.distill.dmd_stage``), the
 ablation students only in k (``distill.k_ablation``, read from params.yaml when the code
 location loads, like the benchmark's partitions). Each calls its stage function in
-``ops.distill.stage`` and attaches the loss, throughput, the registered model version (not for
+``ops.distill`` and attaches the loss, throughput, the registered model version (not for
 ablation students) and a sample grid (classes x 1, 2, 4, 8 steps).
 """
 
@@ -26,6 +28,7 @@ DESCRIPTIONS = {
     "lcm": "LCM baseline: consistency distillation with the DDIM step.",
     "llcm2": "LLCM-2: consistency distillation with the second-order leapfrog step.",
     "llcm_pcm": "LLCM-PCM: the leapfrog step, phased consistency (PCM): deterministic few-step.",
+    "llcm_dmd": "LLCM-DMD: llcm refined by distribution matching (DMD2) with a fake score.",
 }
 
 
@@ -51,7 +54,9 @@ def distilled_metadata(summary: dict[str, Any], layout: DataLayout) -> dict[str,
     return metadata
 
 
-def distilled_asset(name: str, group: str = "distill") -> dg.AssetsDefinition:
+def distilled_asset(
+    name: str, group: str = "distill", deps: tuple[str, ...] = ("teacher", "latents")
+) -> dg.AssetsDefinition:
     k = ablation_k(name)
     description = DESCRIPTIONS.get(name) or (
         f"Skip-k ablation (Fig. 3): llcm distilled with k = {k} instead of distill.k."
@@ -60,7 +65,7 @@ def distilled_asset(name: str, group: str = "distill") -> dg.AssetsDefinition:
     )
     return training_asset(
         name,
-        deps=["teacher", "latents"],
+        deps=list(deps),
         group_name=group,
         description=description,
         metadata=distilled_metadata,
@@ -71,6 +76,7 @@ llcm = distilled_asset("llcm")
 lcm = distilled_asset("lcm")
 llcm2 = distilled_asset("llcm2")
 llcm_pcm = distilled_asset("llcm_pcm")
+llcm_dmd = distilled_asset("llcm_dmd", deps=("teacher", "latents", "llcm"))
 ABLATION_ASSETS = [
     distilled_asset(name, "distill_ablation") for name in ablation_models(load_params())
 ]

@@ -27,6 +27,7 @@ TRAINERS: dict[str, str] = {
     "lcm": "ops.distill.stage:train_lcm",
     "llcm2": "ops.distill.stage:train_llcm2",
     "llcm_pcm": "ops.distill.stage:train_llcm_pcm",
+    "llcm_dmd": "ops.distill.dmd_stage:train_llcm_dmd",
     "benchmark": "ops.eval.runner:benchmark_ranks",
     "finetune_teacher": "ops.finetune.stage:train_finetuned_teacher",
     "finetune_student": "ops.finetune.stage:train_finetuned_student",

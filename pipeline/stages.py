@@ -28,6 +28,7 @@ STAGES: dict[str, str] = {
     "lcm": "ops.distill.stage:build_lcm",
     "llcm2": "ops.distill.stage:build_llcm2",
     "llcm_pcm": "ops.distill.stage:build_llcm_pcm",
+    "llcm_dmd": "ops.distill.dmd_stage:build_llcm_dmd",
     "domain_classifier": "ops.eval.classifier_training:build_domain_classifier",
     "dreambooth": "ops.baselines.dreambooth_stage:build_dreambooth",
     "benchmark": "ops.eval.runner:build_benchmark",

@@ -19,7 +19,7 @@ VENV_BIN = Path(sys.executable).parent
 DVC = shutil.which("dvc") or str(REPO_ROOT / ".venv-dvc" / "bin" / "dvc")
 EXPECTED_ASSETS = {
     "raw_sources", "medimgs_manifest", "autoencoder", "latents", "teacher", "llcm", "lcm",
-    "llcm2", "llcm_pcm", "dreambooth", "domain_classifier", "benchmark_cells", "benchmark",
+    "llcm2", "llcm_pcm", "llcm_dmd", "dreambooth", "domain_classifier", "benchmark_cells", "benchmark",
 }  # fmt: skip
 
 
@@ -40,6 +40,9 @@ def test_definitions_hold_every_stage_with_its_dependencies():
     parents = {k.to_user_string() for k in graph.get(dg_key("teacher")).parent_keys}
     assert parents == {"latents", "autoencoder"}
     assert {k.to_user_string() for k in graph.get(dg_key("llcm")).parent_keys} >= {"teacher"}
+    # DMD2 refines the trained llcm student: it waits for it
+    dmd_parents = {k.to_user_string() for k in graph.get(dg_key("llcm_dmd")).parent_keys}
+    assert dmd_parents == {"teacher", "latents", "llcm"}
 
 
 def dg_key(name: str):

@@ -21,9 +21,9 @@ from typing import Any
 from ops.config import stage_config
 
 BASE_MODEL = "llcm"
-# the distilled models of make run, each its own asset and registered model: llcm_pcm shares
-# the variants' llcm_ prefix but is no study student
-MAIN_STUDENTS = ("llcm", "lcm", "llcm2", "llcm_pcm")
+# the distilled models of make run, each its own asset and registered model: llcm_pcm and
+# llcm_dmd share the variants' llcm_ prefix but are no study students
+MAIN_STUDENTS = ("llcm", "lcm", "llcm2", "llcm_pcm", "llcm_dmd")
 _NAME = re.compile(rf"^{BASE_MODEL}_k(\d+)$")
 _VARIANT = re.compile(rf"^{BASE_MODEL}_([a-z][a-z0-9_]*)$")
 

@@ -236,8 +236,13 @@ def publish(
     data: LatentDataset,
     run: MlflowRun,
     result: Any,
+    *,
+    metadata: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Save the consistency pipeline, sample a grid, log it and register the model."""
+    """Save the consistency pipeline, sample a grid, log it and register the model.
+
+    ``metadata`` (saved beside the pipeline) defaults to the consistency student's: its
+    solver, leapfrog h, w range and steps."""
     from ops.distill.registry import register_model
 
     out = save_consistency_pipeline(
@@ -247,7 +252,8 @@ def publish(
         int(cfg["k"]),
         timestep_scaling=float(cfg["timestep_scaling"]),
         phases=cfg.get("phases"),
-        metadata={
+        metadata=metadata
+        or {
             "model": model,
             "solver": cfg["solvers"][model],
             "leapfrog_h": float(cfg.get("leapfrog_h", 0.5)),

@@ -114,8 +114,8 @@ def train_loop(
     window_start = began = time.perf_counter()
     for step in range(start, settings.steps):
         lr = settings.lr_at(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        for group in optimizer.param_groups:  # a group's lr_scale: its rate relative to lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         loss = loss_fn(plan.batch(step))
         accelerator.backward(loss)
         if settings.max_grad_norm:

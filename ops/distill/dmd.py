@@ -1,0 +1,237 @@
+"""Distribution matching distillation (DMD2): the math of one training step.
+
+Yin et al., "One-step Diffusion with Distribution Matching Distillation" (DMD, CVPR 2024) and
+"Improved Distribution Matching Distillation for Fast Image Synthesis" (DMD2, NeurIPS 2024),
+train a few-step generator G so that the distribution of its outputs matches the teacher's,
+not so that it follows the teacher's ODE. The gradient of the reverse KL between the two
+distributions, diffused to time t, is the difference of their scores (DMD eq. 7):
+
+    grad_theta KL = E_{t, eps} [ (s_fake(x_t, t) - s_real(x_t, t)) dG/dtheta ],
+    x = G(z),  x_t = sqrt(a_t) x + sqrt(1 - a_t) eps,
+
+with s_real the frozen, guided teacher and s_fake a second diffusion model trained at the same
+time, by plain denoising, on the generator's own outputs: it tracks the score of what G makes
+now. In x0 form (mu = the denoiser's x0 estimate, s ~ (sqrt(a_t) mu - x_t) / (1 - a_t)) the
+direction is mu_fake - mu_real, normalised per sample by mean|x - mu_real| (DMD eq. 8, their
+weighting w_t). DMD2 drops DMD's regression loss and keeps training stable with a two
+time-scale update rule: the fake score takes several steps per generator step.
+
+Here G is a consistency student (``ops.distill.consistency``: f = c_skip x + c_out x0_hat,
+eq. 11 of the LLCM paper, guidance w embedded), so it is sampled exactly as LCM is, by
+diffusers' ``LatentConsistencyModelPipeline``. Multi-step generation follows DMD2's backward
+simulation: the generator is trained at every timestep its few-step sampler visits, on inputs
+made by running itself from noise down to that timestep (never on noised real latents, which
+the sampler never sees).
+
+Pure functions of tensors and modules; the trainer is :mod:`ops.distill.dmd_stage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ops.distill.consistency import consistency_function, guided_teacher, split_prediction
+from ops.distill.schedule import gen_device, randn
+from ops.distill.solvers import append_dims
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t, t) -> x0 estimate
+
+
+def noise_to(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise, ``t`` one long timestep per sample."""
+    a = append_dims(alphas_cumprod.to(x0.device)[t].to(x0.dtype), x0.ndim)
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def generator_x0(
+    generator: nn.Module,
+    z_t: Tensor,
+    t: Tensor,
+    w_emb: Tensor,
+    prompt_embeds: Tensor,
+    alphas_cumprod: Tensor,
+    scalings: Mapping[str, float],
+) -> Tensor:
+    """The generator's output at ``t``: the consistency function f(z_t, w, c, t) (eq. 11)."""
+    out = generator(z_t, t, timestep_cond=w_emb, encoder_hidden_states=prompt_embeds).sample
+    return consistency_function(out, z_t, t, alphas_cumprod, **scalings)
+
+
+def backward_simulation(
+    generator: nn.Module,
+    noise: Tensor,
+    timesteps: Sequence[int],
+    stop: Tensor,
+    w_emb: Tensor,
+    prompt_embeds: Tensor,
+    alphas_cumprod: Tensor,
+    scalings: Mapping[str, float],
+    rng: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The generator's own input at sampler step ``stop`` (per sample), and that timestep.
+
+    Runs the few-step sampler (LCM's multistep sampling: predict x0, noise it afresh to the
+    next timestep) from pure noise at ``timesteps[0]`` for ``stop`` steps, without gradient
+    (DMD2 sec. 4.4, "backward simulation"). Samples with ``stop = 0`` keep their noise.
+    """
+    z = noise
+    grid = torch.as_tensor(list(timesteps), device=noise.device)
+    with torch.no_grad():
+        for step in range(int(stop.max().item()) if len(stop) else 0):
+            active = stop > step
+            t = grid[step].expand(len(z))
+            x0 = generator_x0(generator, z, t, w_emb, prompt_embeds, alphas_cumprod, scalings)
+            fresh = randn(z.shape, rng, z.device, z.dtype)
+            nxt = noise_to(x0, fresh, grid[step + 1].expand(len(z)), alphas_cumprod)
+            z = torch.where(append_dims(active, z.ndim), nxt, z)
+    return z, grid[stop]
+
+
+def distribution_matching_loss(
+    x0: Tensor, real: Denoiser, fake: Denoiser, t: Tensor, noise: Tensor, alphas_cumprod: Tensor
+) -> Tensor:
+    """The generator's DMD loss: its gradient w.r.t. x0 is DMD eq. 7's score difference.
+
+    ``real`` is the guided teacher's x0 estimate, ``fake`` the fake score's; both run without
+    gradient. The per-sample weight 1 / mean|x0 - mu_real| is DMD eq. 8's. Written as
+    0.5 ||x0 - sg(x0 - grad)||^2, whose gradient is ``grad`` (as in the DMD2 reference).
+    """
+    with torch.no_grad():
+        x_t = noise_to(x0.detach(), noise, t, alphas_cumprod)
+        mu_real = real(x_t, t)
+        mu_fake = fake(x_t, t)
+        dims = tuple(range(1, x0.ndim))
+        weight = (x0.detach() - mu_real).abs().mean(dim=dims, keepdim=True).clamp_min(1e-8)
+        grad = torch.nan_to_num((mu_fake - mu_real) / weight)
+    return 0.5 * F.mse_loss(x0.float(), (x0 - grad).detach().float(), reduction="mean")
+
+
+def denoising_loss(
+    unet: nn.Module,
+    x0: Tensor,
+    prompt_embeds: Tensor,
+    t: Tensor,
+    noise: Tensor,
+    alphas_cumprod: Tensor,
+) -> Tensor:
+    """The fake score's loss: epsilon-prediction MSE on the generator's (detached) outputs,
+    the teacher's own objective, conditioned on the prompt (no guidance: DMD2 sec. 4)."""
+    x_t = noise_to(x0.detach(), noise, t, alphas_cumprod)
+    pred = unet(x_t, t, encoder_hidden_states=prompt_embeds).sample
+    return F.mse_loss(pred.float(), noise.float())
+
+
+def unet_denoiser(
+    unet: nn.Module, prompt_embeds: Tensor, alphas_cumprod: Tensor, prediction_type: str
+) -> Denoiser:
+    """``(x_t, t) -> x0`` of a conditional epsilon (or v) UNet, no guidance: the fake score."""
+
+    def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+        out = unet(x_t, t, encoder_hidden_states=prompt_embeds).sample
+        x0, _ = split_prediction(out, x_t, alphas_cumprod.to(x_t.device)[t], prediction_type)
+        return x0
+
+    return denoise
+
+
+def guided_denoiser(
+    teacher: nn.Module,
+    prompt_embeds: Tensor,
+    uncond_embeds: Tensor,
+    w: Tensor,
+    alphas_cumprod: Tensor,
+    prediction_type: str,
+) -> Denoiser:
+    """``(x_t, t) -> x0`` of the teacher with LCM-convention guidance w: the real score."""
+    model = guided_teacher(
+        teacher, prompt_embeds, uncond_embeds, w, alphas_cumprod, prediction_type
+    )
+    return lambda x_t, t: model(x_t, t)[0]
+
+
+def uniform_timesteps(
+    batch: int, low: int, high: int, rng: torch.Generator | None, device: torch.device | str
+) -> Tensor:
+    """t ~ U{low, ..., high - 1}, one per sample (DMD2 draws t in [0.02 T, 0.98 T])."""
+    t = torch.randint(low, high, (batch,), generator=rng, device=gen_device(rng))
+    return t.to(device)
+
+
+def dmd_losses(
+    pair: Any,
+    teacher: nn.Module,
+    latents_shape: Sequence[int],
+    prompt_embeds: Tensor,
+    uncond_embeds: Tensor,
+    cfg: Mapping[str, Any],
+    rng: torch.Generator | None,
+    *,
+    update_generator: bool,
+    alphas_cumprod: Tensor,
+    w_emb: Tensor,
+    w: Tensor,
+    timesteps: Sequence[int],
+    prediction_type: str = "epsilon",
+) -> tuple[Tensor, dict[str, float]]:
+    """One DMD2 step's loss: the fake score's denoising loss, plus, on generator steps, the
+    generator's distribution matching loss. One backward serves both: the generator's loss
+    reaches only the generator (both scores run without gradient) and the fake score's only
+    the fake score (the generator's output is detached), so the sum updates each by its own.
+
+    ``pair`` has ``.generator`` (a consistency student) and ``.fake`` (a teacher-shaped UNet).
+    """
+    device = prompt_embeds.device
+    batch = prompt_embeds.shape[0]
+    T = int(cfg.get("num_train_timesteps", 1000))
+    scalings = dict(
+        sigma_data=float(cfg.get("sigma_data", 0.5)),
+        timestep_scaling=float(cfg.get("timestep_scaling", 10.0)),
+    )
+    noise = randn(tuple(latents_shape), rng, device, torch.float32)
+    stop = torch.randint(0, len(timesteps), (batch,), generator=rng, device=gen_device(rng))
+    z, t_gen = backward_simulation(
+        pair.generator,
+        noise,
+        timesteps,
+        stop.to(device),
+        w_emb,
+        prompt_embeds,
+        alphas_cumprod,
+        scalings,
+        rng,
+    )
+    with torch.set_grad_enabled(update_generator):
+        x0 = generator_x0(pair.generator, z, t_gen, w_emb, prompt_embeds, alphas_cumprod, scalings)
+    low, high = int(float(cfg["min_t"]) * T), int(float(cfg["max_t"]) * T)
+    t_fake = uniform_timesteps(batch, 0, T, rng, device)
+    fake_loss = denoising_loss(
+        pair.fake, x0, prompt_embeds, t_fake, randn(x0.shape, rng, device, x0.dtype), alphas_cumprod
+    )
+    logs = {"fake_loss": float(fake_loss.detach())}
+    if not update_generator:
+        return fake_loss, logs
+    t_dm = uniform_timesteps(batch, low, high, rng, device)
+    real = guided_denoiser(
+        teacher, prompt_embeds, uncond_embeds, w, alphas_cumprod, prediction_type
+    )
+    fake = unet_denoiser(pair.fake, prompt_embeds, alphas_cumprod, prediction_type)
+    dm_loss = distribution_matching_loss(
+        x0, real, fake, t_dm, randn(x0.shape, rng, device, x0.dtype), alphas_cumprod
+    )
+    logs["dm_loss"] = float(dm_loss.detach())
+    return fake_loss + float(cfg.get("dm_weight", 1.0)) * dm_loss, logs
+
+
+class GeneratorAndFakeScore(nn.Module):
+    """The two networks DMD2 trains, as one module, so that one optimizer (two parameter
+    groups, two learning rates), one checkpoint and one EMA serve both."""
+
+    def __init__(self, generator: nn.Module, fake: nn.Module) -> None:
+        super().__init__()
+        self.generator = generator
+        self.fake = fake
