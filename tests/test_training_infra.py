@@ -175,3 +175,26 @@ def test_resumed_training_is_bitwise_identical_to_an_uninterrupted_run(tmp_path)
     assert resumed.loss_curve == straight.loss_curve
     again, model_c, _ = _toy_run(tmp_path / "c", steps=8)  # same seed, same numbers
     assert again.loss_curve == straight.loss_curve and torch.equal(model_c.weight, model_a.weight)
+
+
+def test_parameter_groups_train_at_their_lr_scale_of_the_scheduled_rate(tmp_path):
+    """DMD2's two learning rates in one optimizer: each group's rate is ``lr_scale`` times the
+    loop's (warmed-up) rate at every step."""
+    from ops.training.loop import LoopSettings, train_loop
+
+    accelerator = create_accelerator("no")
+    fast, slow = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(
+        [{"params": fast.parameters(), "lr_scale": 5.0}, {"params": slow.parameters()}], lr=0.0
+    )
+    seen: list[float] = []
+
+    def loss_fn(batch):
+        seen.extend(group["lr"] for group in optimizer.param_groups)
+        x = torch.ones(1, 2)
+        return (fast(x) + slow(x)).sum()
+
+    settings = LoopSettings(steps=3, checkpoint_every=0, learning_rate=0.1, warmup_steps=2)
+    train_loop(accelerator, fast, optimizer, loss_fn, GlobalBatchPlan(4, 2, seed=0), settings,
+               CheckpointStore(tmp_path, "toy"))  # fmt: skip
+    assert seen == pytest.approx([0.25, 0.05, 0.5, 0.1, 0.5, 0.1])
