@@ -298,6 +298,7 @@ def distill_loss(
     *,
     alphas_cumprod: Tensor | None = None,
     prediction_type: str = "epsilon",
+    timesteps: Tensor | None = None,
 ) -> Tensor:
     """The loss of one consistency-distillation step (LCM Algorithm 1).
 
@@ -306,6 +307,9 @@ def distill_loss(
     stage config: k, num_train_timesteps, w_min, w_max, loss, huber_c, sigma_data,
     timestep_scaling and, when ``solver`` is a name, leapfrog_h. ``alphas_cumprod`` is the
     teacher's schedule (default: Stable Diffusion's scaled_linear over num_train_timesteps).
+
+    ``timesteps`` (one grid timestep t_{n+k} per sample) fixes step 1's draw, for measuring
+    the loss at chosen timesteps (:mod:`ops.distill.diagnostics`); training leaves it None.
 
     Only the student gets gradients: the teacher's jump and the EMA target run under
     ``torch.no_grad``. ``leapfrog2``'s extra half-jump evaluation goes through the same guided
@@ -325,7 +329,11 @@ def distill_loss(
     batch = latents.shape[0]
 
     # 1. (t_{n+k}, t_n) on the skipping grid, w ~ U[w_min, w_max] and its embedding.
-    t, s = timestep_pairs(batch, int(cfg["k"]), T, generator, device)
+    if timesteps is None:
+        t, s = timestep_pairs(batch, int(cfg["k"]), T, generator, device)
+    else:
+        t = timesteps.to(device=device, dtype=torch.long)
+        s = (t - int(cfg["k"])).clamp(min=0)
     w = sample_guidance(batch, float(cfg["w_min"]), float(cfg["w_max"]), generator).to(device)
     # ``student`` may be wrapped (DistributedDataParallel): its config is on ``.module``.
     config = getattr(student, "module", student).config
