@@ -17,7 +17,6 @@ are one module, one optimizer with two learning rates, one checkpoint and one EM
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 import torch
@@ -27,22 +26,19 @@ from ops.distill.ablation import student_config
 from ops.distill.consistency import guidance_embedding
 from ops.distill.dmd import GeneratorAndFakeScore, dmd_losses
 from ops.distill.schedule import lcm_timesteps
-from ops.distill.stage import TEACHER, initial_student, publish
+from ops.distill.stage import TEACHER, initial_student, publish, step_plan, student_store
 from ops.layout import DataLayout
 from ops.models.presets import count_parameters
 from ops.tracking.runs import resume_and_start_run
-from ops.training.batches import GlobalBatchPlan, derive_seed
-from ops.training.checkpoint import CheckpointStore
+from ops.training.batches import derive_seed
 from ops.training.ema import EMA
-from ops.training.fingerprint import config_fingerprint, directory_hash
-from ops.training.latent_data import FINGERPRINT_FILE, LatentDataset
+from ops.training.latent_data import LatentDataset
 from ops.training.launch import run_trainer
 from ops.training.loop import LoopSettings, publish_and_clear, train_loop
 from ops.training.runtime import create_accelerator, seed_everything, torch_threads
 
 MODEL = "llcm_dmd"
 STAGE = "distill"
-SAMPLING_KEYS = {"sample_guidance", "samples_per_class", "register"}
 
 
 def dmd_config(params: dict[str, Any]) -> dict[str, Any]:
@@ -103,17 +99,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
     )
     online, optimizer = accelerator.prepare(pair, optimizer)
 
-    latents_key = json.loads((layout.latents / FINGERPRINT_FILE).read_text())["key"]
-    store = CheckpointStore(
-        layout.checkpoint_dir(MODEL),
-        config_fingerprint(
-            {**cfg, "model": MODEL},
-            latents_key,
-            directory_hash(teacher_dir / "unet"),
-            directory_hash(init_dir / "unet"),
-            ignore=SAMPLING_KEYS,
-        ),
-    )
+    store = student_store(layout, MODEL, cfg, teacher_dir / "unet", init_dir / "unet")
     resume, run = resume_and_start_run(store, layout, params, MODEL, accelerator)
     run.log_params(
         {
@@ -123,13 +109,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             "unet_parameters": count_parameters(generator),
         }
     )
-    plan = GlobalBatchPlan(
-        len(data),
-        int(cfg["batch_size"]),
-        int(cfg["seed"]),
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
+    plan = step_plan(data, cfg, accelerator)
     seed, every = int(cfg["seed"]), int(cfg["fake_updates"])
     original_steps = int(cfg["num_train_timesteps"]) // int(cfg["k"])
     timesteps = lcm_timesteps(

@@ -131,17 +131,11 @@ def _distill(
     )
     online, optimizer = accelerator.prepare(student, optimizer)
 
-    latents_key = json.loads((layout.latents / FINGERPRINT_FILE).read_text())["key"]
-    store = CheckpointStore(
-        layout.checkpoint_dir(model),
-        config_fingerprint(
-            {**cfg, "model": model},
-            latents_key,
-            directory_hash(teacher_dir / "unet"),
-            *([directory_hash(Path(cfg["init_student"]))] if cfg.get("init_student") else []),
-            ignore=SAMPLING_KEYS,
-        ),
-    )
+    starts = [
+        teacher_dir / "unet",
+        *([Path(cfg["init_student"])] if cfg.get("init_student") else []),
+    ]
+    store = student_store(layout, model, cfg, *starts)
     resume, run = resume_and_start_run(store, layout, params, model, accelerator)
     run.log_params(
         {
@@ -152,13 +146,7 @@ def _distill(
             "unet_parameters": count_parameters(student),
         }
     )
-    plan = GlobalBatchPlan(
-        len(data),
-        int(cfg["batch_size"]),
-        int(cfg["seed"]),
-        accelerator.process_index,
-        accelerator.num_processes,
-    )
+    plan = step_plan(data, cfg, accelerator)
     seed, rank = int(cfg["seed"]), accelerator.process_index
 
     def loss_fn(step_batch):
@@ -208,6 +196,34 @@ def _distill(
         return publish(model, exported.eval(), cfg, params, layout, data, run, result)
 
     return {**summary, **publish_and_clear(accelerator, store, export)}
+
+
+def student_store(
+    layout: DataLayout, model: str, cfg: dict[str, Any], *unet_dirs: Path
+) -> CheckpointStore:
+    """The checkpoints of a distilled model, valid for its config (sampling keys aside), the
+    latents and the UNets it starts from (the teacher, and a student it continues)."""
+    latents_key = json.loads((layout.latents / FINGERPRINT_FILE).read_text())["key"]
+    return CheckpointStore(
+        layout.checkpoint_dir(model),
+        config_fingerprint(
+            {**cfg, "model": model},
+            latents_key,
+            *(directory_hash(d) for d in unet_dirs),
+            ignore=SAMPLING_KEYS,
+        ),
+    )
+
+
+def step_plan(data: LatentDataset, cfg: dict[str, Any], accelerator: Any) -> GlobalBatchPlan:
+    """This process's share of every step's global batch of ``distill.batch_size`` latents."""
+    return GlobalBatchPlan(
+        len(data),
+        int(cfg["batch_size"]),
+        int(cfg["seed"]),
+        accelerator.process_index,
+        accelerator.num_processes,
+    )
 
 
 def initial_student(cfg: dict[str, Any], teacher: torch.nn.Module) -> torch.nn.Module:
