@@ -183,7 +183,8 @@ def dmd_losses(
     reaches only the generator (both scores run without gradient) and the fake score's only
     the fake score (the generator's output is detached), so the sum updates each by its own.
 
-    ``pair`` has ``.generator`` (a consistency student) and ``.fake`` (a teacher-shaped UNet).
+    ``pair`` has ``.generator`` (a consistency student) and ``.fake`` (a teacher-shaped UNet);
+    ``w_emb`` is the generator's embedded guidance, ``w`` the real score's (LCM convention).
     """
     device = prompt_embeds.device
     batch = prompt_embeds.shape[0]

@@ -116,6 +116,8 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
         int(cfg["generator_steps"]), original_steps, int(cfg["num_train_timesteps"])
     ).tolist()
     w_value = float(cfg["guidance"])
+    # the real score's guidance: by default the w the generator embeds (users' scale - 1)
+    real_w = float(cfg["guidance"] if cfg.get("real_guidance") is None else cfg["real_guidance"])
     # the two losses, logged on generator steps only (every multiple of fake_updates)
     log_every = every * max(1, int(cfg.get("log_every", 10)) // every)
 
@@ -124,6 +126,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
         prompts = batch.encoder_hidden_states
         w = torch.full((prompts.shape[0],), w_value, device=device)
         w_emb = guidance_embedding(w, generator.config.time_cond_proj_dim).to(device)
+        w_real = torch.full_like(w, real_w)
         rng = torch.Generator().manual_seed(derive_seed(seed, step_batch.step, 0))
         done = step_batch.step + 1
         loss, logs = dmd_losses(
@@ -137,7 +140,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             update_generator=done % every == 0,
             alphas_cumprod=alphas_cumprod,
             w_emb=w_emb,
-            w=w,
+            w=w_real,
             timesteps=timesteps,
         )
         if done % log_every == 0:
@@ -172,6 +175,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             "objective": "dmd2",
             "init_from": str(cfg["init_from"]),
             "guidance": w_value,
+            "real_guidance": real_w,
             "steps": int(cfg["steps"]),
         }
         return publish(
