@@ -198,3 +198,25 @@ def test_parameter_groups_train_at_their_lr_scale_of_the_scheduled_rate(tmp_path
     train_loop(accelerator, fast, optimizer, loss_fn, GlobalBatchPlan(4, 2, seed=0), settings,
                CheckpointStore(tmp_path, "toy"))  # fmt: skip
     assert seen == pytest.approx([0.25, 0.05, 0.5, 0.1, 0.5, 0.1])
+
+
+def test_exclusive_lock_serialises_two_processes(tmp_path):
+    """The second process enters only after the first has left (the synthetic-set cache that
+    utility and privacy_audit fill side by side)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from ops.training.locks import exclusive_lock\n"
+        "log = Path(sys.argv[1])\n"
+        "with exclusive_lock(log.with_suffix('.lock')):\n"
+        "    with open(log, 'a') as f: f.write('in ')\n"
+        "    time.sleep(0.5)\n"
+        "    with open(log, 'a') as f: f.write('out ')\n"
+    )
+    log = tmp_path / "log.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(log)]) for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert log.read_text().split() == ["in", "out", "in", "out"]

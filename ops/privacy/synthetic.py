@@ -10,7 +10,6 @@ A set is regenerated only when its model's weights, the prompt, the count or the
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from ops.config import stage_config
 from ops.eval.context import image_seed, model_fingerprint, training_prompts
 from ops.eval.plan import model_spec, open_sampler, unavailable_reason
 from ops.layout import DataLayout
+from ops.training.checkpoint import atomic_directory
+from ops.training.locks import exclusive_lock
 
 STAGE = "privacy"
 SYNTHETIC_DIR = "synthetic"
@@ -90,9 +91,27 @@ def synthetic_set(
     directory = _set_dir(layout, model, steps)
     fingerprint = _fingerprint(layout.model(spec.directory), prompts, cfg, steps)
     meta_file = directory / SET_FILE
-    if meta_file.is_file() and json.loads(meta_file.read_text()).get("fingerprint") == fingerprint:
+    # utility and privacy_audit may ask for the same set at once: one generates, the other
+    # waits and reads it; the set replaces an old one only when complete
+    with exclusive_lock(directory.with_name(f".{directory.name}.lock")):
+        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        if meta.get("fingerprint") != fingerprint:
+            with atomic_directory(directory) as scratch:
+                _generate(spec, layout, cfg, prompts, steps, fingerprint, model, scratch)
         return _load(directory, model, steps)
-    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _generate(
+    spec: Any,
+    layout: DataLayout,
+    cfg: dict[str, Any],
+    prompts: dict[str, str],
+    steps: int,
+    fingerprint: str,
+    model: str,
+    directory: Path,
+) -> None:
+    """Sample ``images_per_class`` images a class into ``directory``, then its ``set.json``."""
     sampler = open_sampler(spec, layout, cfg)
     per_class = int(cfg["images_per_class"])
     files, names = [], []
@@ -107,8 +126,7 @@ def synthetic_set(
             files.append(rel)
             names.append(name)
     meta = {"fingerprint": fingerprint, "files": files, "class_names": names, "model": model}
-    meta_file.write_text(json.dumps(meta, indent=1))
-    return _load(directory, model, steps)
+    (directory / SET_FILE).write_text(json.dumps(meta, indent=1))
 
 
 def synthetic_sets(params: dict[str, Any], layout: DataLayout) -> dict[str, SyntheticSet | None]:
