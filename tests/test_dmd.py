@@ -180,3 +180,25 @@ def test_llcm_dmd_refuses_to_start_without_its_student(tmp_path_factory):
                        DataLayout(tmp_path_factory.mktemp("nollcm") / "data"))  # fmt: skip
     with pytest.raises(FileNotFoundError, match="run the llcm stage first"):
         build_llcm_dmd(micro_test_params("distill.k=100"), layout)
+
+
+def test_fake_score_loss_targets_the_teachers_parameterisation():
+    """A denoiser that predicts exactly the right target has zero loss, for epsilon, v and
+    sample prediction alike (the fake score trains on the teacher's own objective)."""
+    from types import SimpleNamespace
+
+    from ops.distill.dmd import denoising_loss
+
+    x0, noise = torch.randn(2, 4, 5, 5), torch.randn(2, 4, 5, 5)
+    t = torch.tensor([100, 800])
+    a = ALPHAS[t].view(-1, 1, 1, 1)
+    targets = {"epsilon": noise, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0,
+               "sample": x0}  # fmt: skip
+    for kind, target in targets.items():
+
+        def exact(x_t, tt, encoder_hidden_states, target=target):
+            return SimpleNamespace(sample=target)
+
+        assert denoising_loss(exact, x0, None, t, noise, ALPHAS, kind).item() < 1e-10
+        for other in set(targets) - {kind}:  # the right prediction, scored as another kind
+            assert denoising_loss(exact, x0, None, t, noise, ALPHAS, other).item() > 0.01

@@ -4,7 +4,7 @@ Yin et al., "One-step Diffusion with Distribution Matching Distillation" (DMD, C
 "Improved Distribution Matching Distillation for Fast Image Synthesis" (DMD2, NeurIPS 2024),
 train a few-step generator G so that the distribution of its outputs matches the teacher's,
 not so that it follows the teacher's ODE. The gradient of the reverse KL between the two
-distributions, diffused to time t, is the difference of their scores (DMD eq. 7):
+distributions, diffused to time t, is the difference of their scores (DMD's distribution matching gradient):
 
     grad_theta KL = E_{t, eps} [ (s_fake(x_t, t) - s_real(x_t, t)) dG/dtheta ],
     x = G(z),  x_t = sqrt(a_t) x + sqrt(1 - a_t) eps,
@@ -12,7 +12,7 @@ distributions, diffused to time t, is the difference of their scores (DMD eq. 7)
 with s_real the frozen, guided teacher and s_fake a second diffusion model trained at the same
 time, by plain denoising, on the generator's own outputs: it tracks the score of what G makes
 now. In x0 form (mu = the denoiser's x0 estimate, s ~ (sqrt(a_t) mu - x_t) / (1 - a_t)) the
-direction is mu_fake - mu_real, normalised per sample by mean|x - mu_real| (DMD eq. 8, their
+direction is mu_fake - mu_real, normalised per sample by mean|x - mu_real| (DMD's
 weighting w_t). DMD2 drops DMD's regression loss and keeps training stable with a two
 time-scale update rule: the fake score takes several steps per generator step.
 
@@ -77,7 +77,7 @@ def backward_simulation(
 
     Runs the few-step sampler (LCM's multistep sampling: predict x0, noise it afresh to the
     next timestep) from pure noise at ``timesteps[0]`` for ``stop`` steps, without gradient
-    (DMD2 sec. 4.4, "backward simulation"). Samples with ``stop = 0`` keep their noise.
+    (DMD2's "backward simulation"). Samples with ``stop = 0`` keep their noise.
     """
     z = noise
     grid = torch.as_tensor(list(timesteps), device=noise.device)
@@ -95,10 +95,10 @@ def backward_simulation(
 def distribution_matching_loss(
     x0: Tensor, real: Denoiser, fake: Denoiser, t: Tensor, noise: Tensor, alphas_cumprod: Tensor
 ) -> Tensor:
-    """The generator's DMD loss: its gradient w.r.t. x0 is DMD eq. 7's score difference.
+    """The generator's DMD loss: its gradient w.r.t. x0 is DMD's score difference.
 
     ``real`` is the guided teacher's x0 estimate, ``fake`` the fake score's; both run without
-    gradient. The per-sample weight 1 / mean|x0 - mu_real| is DMD eq. 8's. Written as
+    gradient. The per-sample weight 1 / mean|x0 - mu_real| is DMD's. Written as
     0.5 ||x0 - sg(x0 - grad)||^2, whose gradient is ``grad`` (as in the DMD2 reference).
     """
     with torch.no_grad():
@@ -118,12 +118,20 @@ def denoising_loss(
     t: Tensor,
     noise: Tensor,
     alphas_cumprod: Tensor,
+    prediction_type: str = "epsilon",
 ) -> Tensor:
-    """The fake score's loss: epsilon-prediction MSE on the generator's (detached) outputs,
-    the teacher's own objective, conditioned on the prompt (no guidance: DMD2 sec. 4)."""
-    x_t = noise_to(x0.detach(), noise, t, alphas_cumprod)
+    """The fake score's loss on the generator's (detached) outputs: the teacher's own objective
+    (epsilon, v or sample prediction, MSE), conditioned on the prompt, without guidance."""
+    x0 = x0.detach()
+    x_t = noise_to(x0, noise, t, alphas_cumprod)
     pred = unet(x_t, t, encoder_hidden_states=prompt_embeds).sample
-    return F.mse_loss(pred.float(), noise.float())
+    a = append_dims(alphas_cumprod.to(x0.device)[t].to(x0.dtype), x0.ndim)
+    target = {
+        "epsilon": noise,
+        "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0,
+        "sample": x0,
+    }[prediction_type]
+    return F.mse_loss(pred.float(), target.float())
 
 
 def unet_denoiser(
@@ -211,7 +219,13 @@ def dmd_losses(
     low, high = int(float(cfg["min_t"]) * T), int(float(cfg["max_t"]) * T)
     t_fake = uniform_timesteps(batch, 0, T, rng, device)
     fake_loss = denoising_loss(
-        pair.fake, x0, prompt_embeds, t_fake, randn(x0.shape, rng, device, x0.dtype), alphas_cumprod
+        pair.fake,
+        x0,
+        prompt_embeds,
+        t_fake,
+        randn(x0.shape, rng, device, x0.dtype),
+        alphas_cumprod,
+        prediction_type,
     )
     logs = {"fake_loss": float(fake_loss.detach())}
     if not update_generator:
