@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ops.distill.schedule import (
     gen_device,
+    noise_to,
     phase_floor,
     phase_tops,
     randn,
@@ -341,8 +342,7 @@ def distill_loss(
 
     # 2. z_{t_{n+k}} = sqrt(a) z_0 + sqrt(1 - a) noise.
     noise = randn(latents.shape, generator, device, latents.dtype)
-    a_t = append_dims(alphas_cumprod[t].to(latents.dtype), latents.ndim)
-    z_t = a_t.sqrt() * latents + (1 - a_t).sqrt() * noise
+    z_t = noise_to(latents, noise, t, alphas_cumprod)
 
     # 3. Online consistency function f_theta(z_{t_{n+k}}, w, c, t_{n+k})  (eq. 11), or with
     #    ``phases`` the phased one: a jump to the lower edge of t_{n+k}'s phase (PCM).

@@ -36,16 +36,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ops.distill.consistency import consistency_function, guided_teacher, split_prediction
-from ops.distill.schedule import gen_device, randn
+from ops.distill.schedule import gen_device, noise_to, randn
 from ops.distill.solvers import append_dims
 
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x_t, t) -> x0 estimate
-
-
-def noise_to(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
-    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise, ``t`` one long timestep per sample."""
-    a = append_dims(alphas_cumprod.to(x0.device)[t].to(x0.dtype), x0.ndim)
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
 def generator_x0(

@@ -26,6 +26,12 @@ def sd_alphas_cumprod(
     return torch.cumprod(1.0 - betas, dim=0)
 
 
+def noise_to(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """x_t = sqrt(a_t) x0 + sqrt(1 - a_t) noise, ``t`` one long timestep per sample."""
+    a = alphas_cumprod.to(x0.device)[t].to(x0.dtype).reshape(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
 def timestep_grid(k: int, num_train_timesteps: int = 1000) -> Tensor:
     """The skipping-step grid t_n = (n + 1) k - 1, n = 0 .. T/k - 1 (LCM sec. 4.3).
 
