@@ -35,6 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ops.distill.adversarial import (
+    BottleneckHead,
+    bottleneck_channels,
+    discriminator_features,
+    discriminator_loss,
+    frozen_call,
+    generator_loss,
+)
 from ops.distill.consistency import consistency_function, guided_teacher, split_prediction
 from ops.distill.schedule import gen_device, noise_to, randn
 from ops.distill.solvers import append_dims
@@ -179,11 +187,17 @@ def dmd_losses(
     w: Tensor,
     timesteps: Sequence[int],
     prediction_type: str = "epsilon",
+    real_latents: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """One DMD2 step's loss: the fake score's denoising loss, plus, on generator steps, the
     generator's distribution matching loss. One backward serves both: the generator's loss
     reaches only the generator (both scores run without gradient) and the fake score's only
     the fake score (the generator's output is detached), so the sum updates each by its own.
+
+    With ``cfg["gan_weight"] > 0`` and ``pair.head`` set, DMD2's adversarial term joins them
+    (:mod:`ops.distill.adversarial`): the discriminator (fake UNet + head) learns real
+    ``real_latents`` from generated ones every step, weighted ``gan_d_weight``; the generator's
+    non-saturating loss, weighted ``gan_weight``, runs through a frozen copy of D.
 
     ``pair`` has ``.generator`` (a consistency student) and ``.fake`` (a teacher-shaped UNet);
     ``w_emb`` is the generator's embedded guidance, ``w`` the real score's (LCM convention).
@@ -212,6 +226,8 @@ def dmd_losses(
         x0 = generator_x0(pair.generator, z, t_gen, w_emb, prompt_embeds, alphas_cumprod, scalings)
     low, high = int(float(cfg["min_t"]) * T), int(float(cfg["max_t"]) * T)
     t_fake = uniform_timesteps(batch, 0, T, rng, device)
+    # D sees latents noised up to gan_max_t x T (near T real and generated look alike)
+    t_gan_high = max(1, int(float(cfg.get("gan_max_t", 1.0)) * T))
     fake_loss = denoising_loss(
         pair.fake,
         x0,
@@ -222,6 +238,14 @@ def dmd_losses(
         prediction_type,
     )
     logs = {"fake_loss": float(fake_loss.detach())}
+    gan_weight = float(cfg.get("gan_weight") or 0.0)
+    if gan_weight > 0:
+        t_d = uniform_timesteps(batch, 0, t_gan_high, rng, device)
+        d_loss = _discriminator_step(
+            pair, x0, real_latents, prompt_embeds, t_d, rng, alphas_cumprod
+        )
+        logs["d_loss"] = float(d_loss.detach())
+        fake_loss = fake_loss + float(cfg.get("gan_d_weight", 0.01)) * d_loss
     if not update_generator:
         return fake_loss, logs
     t_dm = uniform_timesteps(batch, low, high, rng, device)
@@ -233,14 +257,50 @@ def dmd_losses(
         x0, real, fake, t_dm, randn(x0.shape, rng, device, x0.dtype), alphas_cumprod
     )
     logs["dm_loss"] = float(dm_loss.detach())
-    return fake_loss + float(cfg.get("dm_weight", 1.0)) * dm_loss, logs
+    loss = fake_loss + float(cfg.get("dm_weight", 1.0)) * dm_loss
+    if gan_weight > 0:
+        t_gan = uniform_timesteps(batch, 0, t_gan_high, rng, device)
+        x_t = noise_to(x0, randn(x0.shape, rng, device, x0.dtype), t_gan, alphas_cumprod)
+        features = discriminator_features(pair.fake, x_t, t_gan, prompt_embeds, frozen=True)
+        g_loss = generator_loss(frozen_call(pair.head, features))
+        logs["g_loss"] = float(g_loss.detach())
+        loss = loss + gan_weight * g_loss
+    return loss, logs
+
+
+def _discriminator_step(
+    pair: Any,
+    generated: Tensor,
+    real_latents: Tensor | None,
+    prompt_embeds: Tensor,
+    t: Tensor,
+    rng: torch.Generator | None,
+    alphas_cumprod: Tensor,
+) -> Tensor:
+    """L_D on this step's (detached) generated latents and the batch's real latents, each
+    noised to the same timesteps ``t`` with its own noise."""
+    if real_latents is None or getattr(pair, "head", None) is None:
+        raise ValueError("the adversarial term needs real_latents and a discriminator head")
+    logits = []
+    for latents in (generated.detach(), real_latents):
+        noise = randn(latents.shape, rng, latents.device, latents.dtype)
+        x_t = noise_to(latents, noise, t, alphas_cumprod)
+        logits.append(pair.head(discriminator_features(pair.fake, x_t, t, prompt_embeds)))
+    return discriminator_loss(*logits)
 
 
 class GeneratorAndFakeScore(nn.Module):
-    """The two networks DMD2 trains, as one module, so that one optimizer (two parameter
-    groups, two learning rates), one checkpoint and one EMA serve both."""
+    """The networks DMD2 trains, as one module, so that one optimizer (parameter groups with
+    their own learning rates), one checkpoint and one EMA serve them all: the generator, the
+    fake score and, with the adversarial term, the discriminator head on the fake score."""
 
-    def __init__(self, generator: nn.Module, fake: nn.Module) -> None:
+    def __init__(self, generator: nn.Module, fake: nn.Module, adversarial: bool = False) -> None:
         super().__init__()
         self.generator = generator
         self.fake = fake
+        self.head = BottleneckHead(bottleneck_channels(fake)) if adversarial else None
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The fake score's parameters and the head's: trained together, at the critic's rate."""
+        head = list(self.head.parameters()) if self.head is not None else []
+        return list(self.fake.parameters()) + head

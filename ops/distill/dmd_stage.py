@@ -84,7 +84,8 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
     alphas_cumprod = DDIMScheduler.from_pretrained(teacher_dir / "scheduler").alphas_cumprod
     generator = initial_student({**cfg, "init_student": str(init_dir / "unet")}, teacher)
     fake = copy.deepcopy(teacher).requires_grad_(True).train()
-    pair = GeneratorAndFakeScore(generator, fake).to(device)
+    gan_weight = float(cfg.get("gan_weight") or 0.0)
+    pair = GeneratorAndFakeScore(generator, fake, adversarial=gan_weight > 0).to(device)
     ema = EMA(pair, float(cfg["ema_decay"]), warmup=False).to(device)
 
     data = LatentDataset.load(layout.latents)
@@ -92,7 +93,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
     optimizer = torch.optim.AdamW(
         [
             {"params": list(pair.generator.parameters()), "lr_scale": 1.0},
-            {"params": list(pair.fake.parameters()), "lr_scale": float(cfg["fake_lr_scale"])},
+            {"params": pair.critic_parameters(), "lr_scale": float(cfg["fake_lr_scale"])},
         ],
         lr=float(cfg["learning_rate"]),
         weight_decay=float(cfg.get("weight_decay", 0.0)),
@@ -142,6 +143,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             w_emb=w_emb,
             w=w_real,
             timesteps=timesteps,
+            real_latents=batch.latents,
         )
         if done % log_every == 0:
             run.log_metrics(logs, done)
@@ -176,6 +178,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             "init_from": str(cfg["init_from"]),
             "guidance": w_value,
             "real_guidance": real_w,
+            "gan_weight": gan_weight,
             "steps": int(cfg["steps"]),
         }
         return publish(
