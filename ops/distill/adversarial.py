@@ -1,19 +1,19 @@
 """DMD2's adversarial term: a discriminator on the fake score's bottleneck, real vs generated.
 
-Distribution matching alone can only bring the generator as close to the data as the teacher's
-score is (DMD2, Yin et al. 2024, sec. 4.2). DMD2 adds a GAN whose discriminator sees real
-latents, which the teacher never does again after its training: a small head on the fake
-score UNet's mid-block features classifies noised latents as real or generated, and both are
-trained with the non-saturating loss (DMD2 eq. 4; Goodfellow et al. 2014):
+Distribution matching alone can bring the generator only as close to the data as the teacher's
+score is. DMD2 (Yin et al. 2024) adds a GAN whose discriminator sees real latents, which the
+teacher never sees again after its training: a small head on the fake score UNet's mid-block
+features classifies noised latents as real or generated, and both sides train with the
+non-saturating loss (Goodfellow et al. 2014), as DMD2 does:
 
     L_D = E[softplus(D(x_t^gen))] + E[softplus(-D(x_t^real))],   L_G = E[softplus(-D(x_t^gen))],
 
-with x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, t ~ U{0, ..., T - 1}, and D conditioned on the
-prompt through the fake UNet's cross-attention. The fake UNet is shared: its denoising loss and
-L_D both train it, as in DMD2. The generator's L_G must move the generator only, so it runs the
-fake UNet and the head with their parameters detached (:func:`frozen_call`): its gradient
-reaches the input and stops there, and one backward per step still updates each network by its
-own losses.
+with x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps, t ~ U{0, ..., gan_max_t T - 1}, and D conditioned
+on the prompt through the fake UNet's cross-attention. The fake UNet is shared: its denoising
+loss and L_D both train it, as in DMD2. The generator's L_G must move the generator only, so it
+runs the fake UNet and the head with their parameters detached (:func:`frozen_call`): its
+gradient reaches the input and stops there, and one backward per step still updates each
+network by its own losses.
 
 Pure functions and one small module; :mod:`ops.distill.dmd` composes them into a step.
 """
@@ -89,7 +89,7 @@ def discriminator_features(
 
 
 def discriminator_loss(generated_logits: Tensor, real_logits: Tensor) -> Tensor:
-    """L_D: generated latents toward 0, real toward 1 (non-saturating, DMD2 eq. 4)."""
+    """L_D: generated latents toward 0, real toward 1 (the non-saturating GAN loss)."""
     return F.softplus(generated_logits).mean() + F.softplus(-real_logits).mean()
 
 
