@@ -197,7 +197,7 @@ def dmd_losses(
     With ``cfg["gan_weight"] > 0`` and ``pair.head`` set, DMD2's adversarial term joins them
     (:mod:`ops.distill.adversarial`): the discriminator (fake UNet + head) learns real
     ``real_latents`` from generated ones every step, weighted ``gan_d_weight``; the generator's
-    non-saturating loss, weighted ``gan_weight``, runs through a frozen copy of D.
+    non-saturating loss, weighted ``gan_weight``, runs through D with its parameters detached.
 
     ``pair`` has ``.generator`` (a consistency student) and ``.fake`` (a teacher-shaped UNet);
     ``w_emb`` is the generator's embedded guidance, ``w`` the real score's (LCM convention).
