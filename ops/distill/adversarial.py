@@ -33,7 +33,7 @@ class BottleneckHead(nn.Module):
     """D's classifier on a UNet's mid-block features: norm, SiLU, 3x3 conv, pool, one logit.
 
     DMD2 attaches a few conv layers and a linear to the fake score's bottleneck; at tiny's
-    2x2 bottleneck one conv and a global pool are the same thing at this size.
+    2x2 bottleneck one 3x3 conv already sees the whole map, so one is enough.
     """
 
     def __init__(self, channels: int, groups: int = 8) -> None:

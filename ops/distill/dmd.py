@@ -172,6 +172,20 @@ def uniform_timesteps(
     return t.to(device)
 
 
+def gan_timesteps(
+    cfg: Mapping[str, Any],
+    batch: int,
+    T: int,
+    rng: torch.Generator | None,
+    device: torch.device | str,
+) -> Tensor:
+    """D's noise levels, t ~ U{0, ..., gan_max_t T - 1}: near T real and generated latents
+    look alike, so ``gan_max_t`` < 1 keeps D on the levels where they differ."""
+    return uniform_timesteps(
+        batch, 0, max(1, int(float(cfg.get("gan_max_t", 1.0)) * T)), rng, device
+    )
+
+
 def dmd_losses(
     pair: Any,
     teacher: nn.Module,
@@ -226,8 +240,6 @@ def dmd_losses(
         x0 = generator_x0(pair.generator, z, t_gen, w_emb, prompt_embeds, alphas_cumprod, scalings)
     low, high = int(float(cfg["min_t"]) * T), int(float(cfg["max_t"]) * T)
     t_fake = uniform_timesteps(batch, 0, T, rng, device)
-    # D sees latents noised up to gan_max_t x T (near T real and generated look alike)
-    t_gan_high = max(1, int(float(cfg.get("gan_max_t", 1.0)) * T))
     fake_loss = denoising_loss(
         pair.fake,
         x0,
@@ -240,7 +252,7 @@ def dmd_losses(
     logs = {"fake_loss": float(fake_loss.detach())}
     gan_weight = float(cfg.get("gan_weight") or 0.0)
     if gan_weight > 0:
-        t_d = uniform_timesteps(batch, 0, t_gan_high, rng, device)
+        t_d = gan_timesteps(cfg, batch, T, rng, device)
         d_loss = _discriminator_step(
             pair, x0, real_latents, prompt_embeds, t_d, rng, alphas_cumprod
         )
@@ -259,7 +271,7 @@ def dmd_losses(
     logs["dm_loss"] = float(dm_loss.detach())
     loss = fake_loss + float(cfg.get("dm_weight", 1.0)) * dm_loss
     if gan_weight > 0:
-        t_gan = uniform_timesteps(batch, 0, t_gan_high, rng, device)
+        t_gan = gan_timesteps(cfg, batch, T, rng, device)
         x_t = noise_to(x0, randn(x0.shape, rng, device, x0.dtype), t_gan, alphas_cumprod)
         features = discriminator_features(pair.fake, x_t, t_gan, prompt_embeds, frozen=True)
         g_loss = generator_loss(frozen_call(pair.head, features))
