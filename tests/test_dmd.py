@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from model_fixtures import copy_data, micro_test_params, prepared_data
@@ -17,9 +18,11 @@ from ops.distill.dmd import (
     backward_simulation,
     distribution_matching_loss,
     dmd_losses,
+    generator_inputs,
     generator_x0,
     noise_to,
 )
+from ops.distill.sampling import generate, load_consistency_pipeline
 from ops.distill.schedule import sd_alphas_cumprod
 from ops.layout import DataLayout
 
@@ -90,6 +93,44 @@ def test_backward_simulation_is_the_few_step_sampler_run_to_each_stop(nets):
     torch.testing.assert_close(z[1], noise_to(x0, fresh, torch.tensor([499, 499]), ALPHAS)[1])
 
 
+def test_one_step_slot_is_pure_noise_at_its_timestep(nets):
+    """With ``one_step_timestep`` one slot more: pure noise presented as t = 399 (DMD2's
+    one-step generator); the other slots are backward simulation's. Without it, the draw and
+    the inputs are backward simulation's exactly, on the same random stream."""
+    generator, _, prompts = nets
+    timesteps = [999, 499]
+    prompts = prompts[:1].expand(64, -1, -1)
+    noise = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    w_emb = guidance_embedding(torch.full((64,), 3.0), generator.config.time_cond_proj_dim)
+    z, t = generator_inputs(generator, noise, timesteps, 399, w_emb, prompts, ALPHAS, SCALINGS,
+                            torch.Generator().manual_seed(2))  # fmt: skip
+    assert set(t.tolist()) == {999, 499, 399}
+    one = t == 399
+    torch.testing.assert_close(z[one], noise[one])
+    torch.testing.assert_close(z[t == 999], noise[t == 999])
+    assert not torch.allclose(z[t == 499], noise[t == 499])
+    plain = generator_inputs(generator, noise, timesteps, None, w_emb, prompts, ALPHAS, SCALINGS,
+                             torch.Generator().manual_seed(2))  # fmt: skip
+    rng = torch.Generator().manual_seed(2)
+    stop = torch.randint(0, len(timesteps), (64,), generator=rng)
+    ref = backward_simulation(generator, noise, timesteps, stop, w_emb, prompts, ALPHAS, SCALINGS,
+                              rng)  # fmt: skip
+    assert set(plain[1].tolist()) == {999, 499}
+    torch.testing.assert_close(plain[0], ref[0])
+    assert torch.equal(plain[1], ref[1])
+
+
+def test_one_step_timestep_must_be_on_the_grid():
+    from ops.distill.dmd_stage import one_step_timestep
+
+    assert one_step_timestep({"k": 20, "num_train_timesteps": 1000}) is None
+    cfg = {"k": 20, "num_train_timesteps": 1000, "one_step_timestep": 399}
+    assert one_step_timestep(cfg) == 399
+    for bad in (400, 1019, -1):
+        with pytest.raises(ValueError, match="not on the k=20 grid"):
+            one_step_timestep({**cfg, "one_step_timestep": bad})
+
+
 def test_fake_steps_leave_the_generator_and_generator_steps_move_both(nets):
     """One optimizer, one backward: on a fake-only step the generator gets no gradient (so
     AdamW skips it); on a generator step both networks move, each by its own loss."""
@@ -153,6 +194,7 @@ def test_llcm_dmd_refines_llcm_loads_in_stock_diffusers_and_registers(student_da
     assert meta["objective"] == "dmd2" and meta["init_from"] == "llcm"
     assert meta["guidance"] == 3.0 and meta["real_guidance"] == 1.0  # distill.dmd's defaults
     assert meta["original_inference_steps"] == 10
+    assert meta["timesteps"] == {"1": [799]}  # distill.dmd.one_step_timestep
     # started from llcm's weights, and moved away from them
     start = load_file(str(student_data.model("llcm") / "unet/diffusion_pytorch_model.safetensors"))
     end = load_file(str(out / "unet/diffusion_pytorch_model.safetensors"))
@@ -165,6 +207,12 @@ def test_llcm_dmd_refines_llcm_loads_in_stock_diffusers_and_registers(student_da
                   guidance_scale=4.0, generator=torch.Generator().manual_seed(0),
                   output_type="np").images  # fmt: skip
     assert images.shape == (1, 32, 32, 3) and images.std() > 0
+    # one step as trained: stock diffusers given timesteps=[799] = our generate(steps=1)
+    one = pipe(prompt="MRI of a human brain, glioma", timesteps=[799], guidance_scale=4.0,
+               generator=torch.Generator().manual_seed(5), output_type="np").images  # fmt: skip
+    ours, _ = generate(load_consistency_pipeline(out), "MRI of a human brain, glioma", steps=1,
+                       guidance_scale=4.0, seed=5)  # fmt: skip
+    assert np.abs(np.asarray(ours[0], dtype=np.float64) - np.round(one[0] * 255)).max() <= 1
 
     client = MlflowClient(f"sqlite:///{student_data.mlflow_db}")
     version = client.get_model_version_by_alias("llcm_dmd", "champion")

@@ -14,6 +14,7 @@ from ops.distill.sampling import (
     consistency_sample,
     generate,
     load_consistency_pipeline,
+    sampler_timesteps,
     save_consistency_pipeline,
 )
 from ops.distill.schedule import lcm_timesteps
@@ -145,6 +146,14 @@ def test_generate_rejects_bad_steps(lcm_dir):
     for steps in (0, 1000 // K + 1):
         with pytest.raises(ValueError, match="steps must be between 1 and 50"):
             generate(pipe, "x", steps=steps)
+
+
+def test_sampler_timesteps_read_the_students_metadata():
+    meta = {"timesteps": {"1": [399]}}
+    assert sampler_timesteps(meta, 1) == [399]
+    assert sampler_timesteps(meta, 4) is None and sampler_timesteps({}, 1) is None
+    with pytest.raises(ValueError, match="lists 1 timesteps for 2 steps"):
+        sampler_timesteps({"timesteps": {"2": [399]}}, 2)
 
 
 def test_save_requires_a_student_and_a_teacher(tmp_path, lcm_dir):

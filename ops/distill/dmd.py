@@ -94,6 +94,55 @@ def backward_simulation(
     return z, grid[stop]
 
 
+def generator_inputs(
+    generator: nn.Module,
+    noise: Tensor,
+    timesteps: Sequence[int],
+    one_step_timestep: int | None,
+    w_emb: Tensor,
+    prompt_embeds: Tensor,
+    alphas_cumprod: Tensor,
+    scalings: Mapping[str, float],
+    rng: torch.Generator | None = None,
+    one_step_share: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Each sample's generator input and timestep: one of the few-step sampler's slots, drawn
+    uniformly (:func:`backward_simulation`), or, with ``one_step_timestep``, one more slot:
+    pure noise presented as timestep ``one_step_timestep``, for a share ``one_step_share`` of
+    the samples (None: an equal share with each of the sampler's slots).
+
+    That slot is DMD2's one-step generator (its SDXL model is sampled with ``timesteps=[399]``):
+    the consistency function at t turns an epsilon prediction into x0 through
+    1 / sqrt(abar_t), 14.6 at t = 999 and 5.2 at t = 799, so a one-step generator started at
+    999 amplifies every error in its epsilon 14.6-fold. Started lower, the same pure noise
+    needs less amplification; DMD only asks that its outputs match the teacher's. (Too low
+    and the start is far from what the initial student learnt at that t: on tiny's validation
+    draw 799 beat 599, 699, 859 and 919; the README has the table.)
+    """
+    batch, where = len(noise), gen_device(rng)
+    stop = torch.randint(0, len(timesteps), (batch,), generator=rng, device=where)
+    stop = stop.to(noise.device)
+    if one_step_timestep is None:
+        one_step = torch.zeros_like(stop, dtype=torch.bool)
+    else:
+        share = 1.0 / (len(timesteps) + 1) if one_step_share is None else float(one_step_share)
+        one_step = (torch.rand(batch, generator=rng, device=where) < share).to(noise.device)
+    z, t = backward_simulation(
+        generator,
+        noise,
+        timesteps,
+        torch.where(one_step, 0, stop),
+        w_emb,
+        prompt_embeds,
+        alphas_cumprod,
+        scalings,
+        rng,
+    )
+    if one_step_timestep is not None:
+        t = torch.where(one_step, int(one_step_timestep), t)
+    return z, t
+
+
 def distribution_matching_loss(
     x0: Tensor, real: Denoiser, fake: Denoiser, t: Tensor, noise: Tensor, alphas_cumprod: Tensor
 ) -> Tensor:
@@ -202,6 +251,7 @@ def dmd_losses(
     timesteps: Sequence[int],
     prediction_type: str = "epsilon",
     real_latents: Tensor | None = None,
+    one_step_timestep: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """One DMD2 step's loss: the fake score's denoising loss, plus, on generator steps, the
     generator's distribution matching loss. One backward serves both: the generator's loss
@@ -214,7 +264,8 @@ def dmd_losses(
     non-saturating loss, weighted ``gan_weight``, runs through D with its parameters detached.
 
     ``pair`` has ``.generator`` (a consistency student) and ``.fake`` (a teacher-shaped UNet);
-    ``w_emb`` is the generator's embedded guidance, ``w`` the real score's (LCM convention).
+    ``w_emb`` is the generator's embedded guidance, ``w`` the real score's (LCM convention);
+    ``one_step_timestep`` adds the one-step slot of :func:`generator_inputs`.
     """
     device = prompt_embeds.device
     batch = prompt_embeds.shape[0]
@@ -224,17 +275,17 @@ def dmd_losses(
         timestep_scaling=float(cfg.get("timestep_scaling", 10.0)),
     )
     noise = randn(tuple(latents_shape), rng, device, torch.float32)
-    stop = torch.randint(0, len(timesteps), (batch,), generator=rng, device=gen_device(rng))
-    z, t_gen = backward_simulation(
+    z, t_gen = generator_inputs(
         pair.generator,
         noise,
         timesteps,
-        stop.to(device),
+        one_step_timestep,
         w_emb,
         prompt_embeds,
         alphas_cumprod,
         scalings,
         rng,
+        cfg.get("one_step_share"),
     )
     with torch.set_grad_enabled(update_generator):
         x0 = generator_x0(pair.generator, z, t_gen, w_emb, prompt_embeds, alphas_cumprod, scalings)

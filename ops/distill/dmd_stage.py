@@ -51,6 +51,20 @@ def dmd_config(params: dict[str, Any]) -> dict[str, Any]:
     return {**cfg, **dmd, "steps": cfg["dmd_steps"], "learning_rate": cfg["dmd_learning_rate"]}
 
 
+def one_step_timestep(cfg: dict[str, Any]) -> int | None:
+    """``one_step_timestep`` (None: one step starts at the schedule's 999, as LCMScheduler's),
+    checked to lie on the k-skipped grid t_n = (n + 1) k - 1 LCMScheduler accepts timesteps from."""
+    value = cfg.get("one_step_timestep")
+    if value is None:
+        return None
+    t, k, T = int(value), int(cfg["k"]), int(cfg["num_train_timesteps"])
+    if not 0 < t + 1 <= T or (t + 1) % k:
+        raise ValueError(
+            f"distill.dmd.one_step_timestep={value} is not on the k={k} grid (n + 1) k - 1 < {T}"
+        )
+    return t
+
+
 def build_llcm_dmd(params: dict[str, Any], layout: DataLayout) -> dict[str, Any]:
     """Train ``llcm_dmd`` from the ``init_from`` student (one process: see the trainer)."""
     return run_trainer(MODEL, train_llcm_dmd, params, layout, dmd_config(params))
@@ -116,6 +130,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
     timesteps = lcm_timesteps(
         int(cfg["generator_steps"]), original_steps, int(cfg["num_train_timesteps"])
     ).tolist()
+    one_step = one_step_timestep(cfg)
     w_value = float(cfg["guidance"])
     # the real score's guidance: by default the w the generator embeds (users' scale - 1)
     real_w = float(cfg["guidance"] if cfg.get("real_guidance") is None else cfg["real_guidance"])
@@ -144,6 +159,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             w=w_real,
             timesteps=timesteps,
             real_latents=batch.latents,
+            one_step_timestep=one_step,
         )
         if done % log_every == 0:
             run.log_metrics(logs, done)
@@ -181,6 +197,9 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             "gan_weight": gan_weight,
             "steps": int(cfg["steps"]),
         }
+        if one_step is not None:
+            # read by ops.distill.sampling.generate; stock diffusers: timesteps=[one_step]
+            metadata["timesteps"] = {"1": [one_step]}
         return publish(
             MODEL,
             exported.generator.eval(),

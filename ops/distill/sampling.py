@@ -63,6 +63,7 @@ def consistency_sample(
     sigma_data: float = 0.5,
     timestep_scaling: float = 10.0,
     prediction_type: str = "epsilon",
+    timesteps: Sequence[int] | None = None,
 ) -> Tensor:
     """Multistep consistency sampling; returns the final denoised latents (batch of prompts).
 
@@ -70,17 +71,22 @@ def consistency_sample(
     ``prompt_embeds`` one row per image, ``w`` the LCM guidance weight (= guidance_scale - 1),
     ``alphas_cumprod`` the teacher's schedule, ``original_steps`` = T / k. ``latents`` are the
     initial noise z_T; drawn from ``generator`` when not given, of spatial size ``latent_size``
-    (default: the UNet's ``sample_size``).
+    (default: the UNet's ``sample_size``). ``timesteps`` replaces LCMScheduler's ``steps``-step
+    schedule by an explicit one, as diffusers' ``timesteps=`` argument does; the first is
+    still fed pure noise.
     """
     from diffusers.utils.torch_utils import randn_tensor
 
     device, dtype = prompt_embeds.device, prompt_embeds.dtype
-    timesteps = lcm_timesteps(steps, original_steps, len(alphas_cumprod)).to(device)
+    if timesteps is None:
+        schedule = lcm_timesteps(steps, original_steps, len(alphas_cumprod)).to(device)
+    else:
+        schedule = torch.as_tensor(list(timesteps), dtype=torch.long, device=device)
     alphas_cumprod = alphas_cumprod.to(device)
     z, w_emb = _start(unet, prompt_embeds, w, generator, latents, latent_size)
 
     denoised = z
-    for i, t in enumerate(timesteps):
+    for i, t in enumerate(schedule):
         out = unet(z, t, timestep_cond=w_emb, encoder_hidden_states=prompt_embeds).sample
         denoised = consistency_function(
             out,
@@ -91,8 +97,8 @@ def consistency_sample(
             timestep_scaling=timestep_scaling,
             prediction_type=prediction_type,
         )
-        if i < len(timesteps) - 1:
-            a_next = append_dims(alphas_cumprod[timesteps[i + 1]], z.ndim).to(dtype)
+        if i < len(schedule) - 1:
+            a_next = append_dims(alphas_cumprod[schedule[i + 1]], z.ndim).to(dtype)
             noise = randn_tensor(z.shape, generator=generator, device=device, dtype=dtype)
             z = a_next.sqrt() * denoised + (1 - a_next).sqrt() * noise
     return denoised
@@ -297,6 +303,18 @@ def load_consistency_pipeline(
     )
 
 
+def sampler_timesteps(metadata: Mapping[str, Any], steps: int) -> list[int] | None:
+    """The explicit timesteps a student was trained to be sampled at in ``steps`` steps
+    (``llcm.json``'s ``timesteps``, e.g. ``{"1": [399]}`` for DMD2's one-step start), or None
+    for LCMScheduler's own schedule. Stock diffusers takes the same list as ``timesteps=``."""
+    chosen = (metadata.get("timesteps") or {}).get(str(int(steps)))
+    if chosen is None:
+        return None
+    if len(chosen) != steps:
+        raise ValueError(f"llcm.json lists {len(chosen)} timesteps for {steps} steps: {chosen}")
+    return [int(t) for t in chosen]
+
+
 @torch.no_grad()
 def generate(
     pipe: ConsistencyPipeline,
@@ -348,6 +366,7 @@ def generate(
             guidance_scale - 1.0,
             generator,
             timestep_scaling=pipe.timestep_scaling,
+            timesteps=sampler_timesteps(pipe.metadata, steps),
             **common,
         )
     pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
