@@ -36,10 +36,11 @@ $(DVC):
 	$(DVC) --version
 
 # Two assets at a time: every tiny stage trains on one torch thread (params.yaml `threads`), so
-# on a 2-core machine the distillations run in pairs; the benchmark runs last, alone.
+# on a 2-core machine the distillations run in pairs; the benchmark runs last, alone, sharded
+# over two processes (configs/make_run.yaml).
 run: env
 	mkdir -p $(DAGSTER_HOME)
-	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select '* and not key:benchmark_cells and not key:champion_benchmark and not group:privacy and not group:distill_ablation and not group:finetune'
+	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions -c configs/make_run.yaml --select '* and not key:benchmark_cells and not key:champion_benchmark and not group:privacy and not group:distill_ablation and not group:finetune'
 	$(BIN)/llcm report
 
 # The studies past make run's 30-minute budget, on the models make run trained (run it first):

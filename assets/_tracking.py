@@ -60,13 +60,21 @@ def training_asset(
     description: str,
     metadata: Callable[[dict[str, Any], DataLayout], dict[str, Any]],
     kinds: frozenset[str] = frozenset({"pytorch", "mlflow"}),
+    priority: int = 0,
 ) -> dg.AssetsDefinition:
     """The asset of training stage ``name``: runs it where the ``launcher`` resource says
     (:func:`run_training`) and attaches ``metadata(summary, layout)``. The training assets
-    differ only in these arguments, so each module holds just its metadata."""
+    differ only in these arguments, so each module holds just its metadata. ``priority`` is
+    Dagster's ``dagster/priority`` op tag: of the steps ready at once, the executor starts the
+    highest first (what a critical path needs when steps queue for a concurrency limit)."""
 
     @dg.asset(
-        name=name, deps=deps, group_name=group_name, kinds=set(kinds), description=description
+        name=name,
+        deps=deps,
+        group_name=group_name,
+        kinds=set(kinds),
+        description=description,
+        op_tags={"dagster/priority": str(int(priority))} if priority else None,
     )
     def _asset(
         context,

@@ -55,7 +55,10 @@ def distilled_metadata(summary: dict[str, Any], layout: DataLayout) -> dict[str,
 
 
 def distilled_asset(
-    name: str, group: str = "distill", deps: tuple[str, ...] = ("teacher", "latents")
+    name: str,
+    group: str = "distill",
+    deps: tuple[str, ...] = ("teacher", "latents"),
+    priority: int = 0,
 ) -> dg.AssetsDefinition:
     k = ablation_k(name)
     description = DESCRIPTIONS.get(name) or (
@@ -69,14 +72,17 @@ def distilled_asset(
         group_name=group,
         description=description,
         metadata=distilled_metadata,
+        priority=priority,
     )
 
 
-llcm = distilled_asset("llcm")
+# llcm first among the distillations that wait for the teacher: llcm_dmd starts from it, and is
+# the longest of them, so on make run's two slots it then overlaps the rest instead of following
+llcm = distilled_asset("llcm", priority=1)
 lcm = distilled_asset("lcm")
 llcm2 = distilled_asset("llcm2")
 llcm_pcm = distilled_asset("llcm_pcm")
-llcm_dmd = distilled_asset("llcm_dmd", deps=("teacher", "latents", "llcm"))
+llcm_dmd = distilled_asset("llcm_dmd", deps=("teacher", "latents", "llcm"), priority=1)
 ABLATION_ASSETS = [
     distilled_asset(name, "distill_ablation") for name in ablation_models(load_params())
 ]

@@ -45,6 +45,39 @@ def test_definitions_hold_every_stage_with_its_dependencies():
     assert dmd_parents == {"teacher", "latents", "llcm"}
 
 
+def test_the_dmd_critical_path_goes_first_in_the_executor_queue():
+    """make run's two slots: of the distillations ready when the teacher ends, llcm starts
+    first and llcm_dmd (which waits for it) as soon as it can; the rest keep priority 0."""
+    from pipeline.definitions import defs
+
+    def priority(name: str) -> int:
+        return int(defs.get_assets_def(name).op.tags.get("dagster/priority", 0))
+
+    assert priority("llcm") == priority("llcm_dmd") == 1
+    assert {priority(name) for name in ("lcm", "llcm2", "llcm_pcm", "dreambooth")} == {0}
+
+
+def test_make_run_config_shards_the_benchmark_over_two_processes():
+    """make run passes configs/make_run.yaml: valid run config for the asset job, whose params
+    resource then asks the benchmark for two processes (and nothing else changes)."""
+    import dagster as dg
+
+    from ops.config import load_params
+    from pipeline.definitions import defs
+    from pipeline.resources import ParamsResource
+
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    run_rule = makefile[makefile.index("\nrun:") :].split("\n\n")[0]
+    assert "-c configs/make_run.yaml" in run_rule
+    config = yaml.safe_load((REPO_ROOT / "configs" / "make_run.yaml").read_text())
+    job = defs.get_implicit_global_asset_job_def()
+    assert dg.validate_run_config(job, config)
+    params = ParamsResource(**config["resources"]["params"]["config"]).load()
+    assert params["benchmark"]["num_processes"] == 2
+    params["benchmark"]["num_processes"] = load_params()["benchmark"]["num_processes"]
+    assert params == load_params()
+
+
 def dg_key(name: str):
     import dagster as dg
 
