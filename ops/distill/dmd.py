@@ -251,7 +251,6 @@ def dmd_losses(
     timesteps: Sequence[int],
     prediction_type: str = "epsilon",
     real_latents: Tensor | None = None,
-    one_step_timestep: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """One DMD2 step's loss: the fake score's denoising loss, plus, on generator steps, the
     generator's distribution matching loss. One backward serves both: the generator's loss
@@ -265,7 +264,7 @@ def dmd_losses(
 
     ``pair`` has ``.generator`` (a consistency student) and ``.fake`` (a teacher-shaped UNet);
     ``w_emb`` is the generator's embedded guidance, ``w`` the real score's (LCM convention);
-    ``one_step_timestep`` adds the one-step slot of :func:`generator_inputs`.
+    ``cfg["one_step_timestep"]`` adds the one-step slot of :func:`generator_inputs`.
     """
     device = prompt_embeds.device
     batch = prompt_embeds.shape[0]
@@ -279,7 +278,7 @@ def dmd_losses(
         pair.generator,
         noise,
         timesteps,
-        one_step_timestep,
+        cfg.get("one_step_timestep"),
         w_emb,
         prompt_embeds,
         alphas_cumprod,

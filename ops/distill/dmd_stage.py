@@ -130,7 +130,7 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
     timesteps = lcm_timesteps(
         int(cfg["generator_steps"]), original_steps, int(cfg["num_train_timesteps"])
     ).tolist()
-    one_step = one_step_timestep(cfg)
+    one_step = one_step_timestep(cfg)  # checked here; dmd_losses reads it from cfg
     w_value = float(cfg["guidance"])
     # the real score's guidance: by default the w the generator embeds (users' scale - 1)
     real_w = float(cfg["guidance"] if cfg.get("real_guidance") is None else cfg["real_guidance"])
@@ -159,7 +159,6 @@ def _train(cfg: dict[str, Any], params: dict[str, Any], layout: DataLayout) -> d
             w=w_real,
             timesteps=timesteps,
             real_latents=batch.latents,
-            one_step_timestep=one_step,
         )
         if done % log_every == 0:
             run.log_metrics(logs, done)

@@ -305,7 +305,7 @@ def load_consistency_pipeline(
 
 def sampler_timesteps(metadata: Mapping[str, Any], steps: int) -> list[int] | None:
     """The explicit timesteps a student was trained to be sampled at in ``steps`` steps
-    (``llcm.json``'s ``timesteps``, e.g. ``{"1": [399]}`` for DMD2's one-step start), or None
+    (``llcm.json``'s ``timesteps``, e.g. ``{"1": [799]}``, llcm_dmd's one-step start), or None
     for LCMScheduler's own schedule. Stock diffusers takes the same list as ``timesteps=``."""
     chosen = (metadata.get("timesteps") or {}).get(str(int(steps)))
     if chosen is None:
