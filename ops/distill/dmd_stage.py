@@ -25,7 +25,7 @@ from ops.config import stage_config
 from ops.distill.ablation import student_config
 from ops.distill.consistency import guidance_embedding
 from ops.distill.dmd import GeneratorAndFakeScore, dmd_losses
-from ops.distill.schedule import lcm_timesteps
+from ops.distill.schedule import lcm_timesteps, timestep_grid
 from ops.distill.stage import TEACHER, initial_student, publish, step_plan, student_store
 from ops.layout import DataLayout
 from ops.models.presets import count_parameters
@@ -58,7 +58,7 @@ def one_step_timestep(cfg: dict[str, Any]) -> int | None:
     if value is None:
         return None
     t, k, T = int(value), int(cfg["k"]), int(cfg["num_train_timesteps"])
-    if not 0 < t + 1 <= T or (t + 1) % k:
+    if t not in timestep_grid(k, T).tolist():
         raise ValueError(
             f"distill.dmd.one_step_timestep={value} is not on the k={k} grid (n + 1) k - 1 < {T}"
         )
