@@ -35,10 +35,11 @@ $(DVC):
 	$(call QUIET_PIP,$(DVC_VENV)/bin,dvc==$(DVC_VERSION))
 	$(DVC) --version
 
-# Two assets at a time: every tiny stage trains on one torch thread (params.yaml `threads`), so
+# make run and make experiments need .venv only (dvc is for `dvc repro` and the tests; `make env`
+# builds both). Two assets at a time: every tiny stage trains on one torch thread (params.yaml `threads`), so
 # on a 2-core machine the distillations run in pairs; the benchmark runs last, alone, sharded
 # over two processes (configs/make_run.yaml).
-run: env
+run: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions -c configs/make_run.yaml --select '* and not key:benchmark_cells and not key:champion_benchmark and not group:privacy and not group:distill_ablation and not group:finetune'
 	$(BIN)/llcm report
@@ -47,7 +48,7 @@ run: env
 # the skip-k ablation students (Fig. 3) and their benchmark cells, utility (train on synthetic,
 # test on real), the memorisation audit and the dog cardiac X-ray fine-tune; the Dagster job `experiments_job` is the same
 # selection. The benchmark reruns only the cells that are new or stale.
-experiments: env
+experiments: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select 'group:distill_ablation or group:privacy or key:benchmark or key:dog_thorax_finetune'
 	$(BIN)/llcm report
