@@ -188,6 +188,23 @@ def test_fresh_cells_are_reused_and_changed_inputs_rerun(world, grid):
     run_cells(params, layout, [("llcm", 1)])  # restore for the other tests
 
 
+def test_a_tcd_suffix_benchmarks_the_student_with_tcd_sampling(world, grid):
+    """``llcm+tcd0.3`` samples models/llcm with TCD at gamma 0.3: its own row, measured (not
+    copied from llcm's cell), with other numbers at 2 steps."""
+    spec = model_spec("llcm+tcd0.3")
+    assert (spec.directory, spec.gamma, spec.family) == ("llcm", 0.3, "consistency")
+    assert model_spec("llcm").gamma is None
+    with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
+        model_spec("llcm+tcd1.5")
+    params, layout = world["params"], world["layout"]
+    done = run_cells(params, layout, [("llcm+tcd0.3", 2)])
+    assert done["measured"] == ["llcm+tcd0.3__2"]
+    tcd = pd.read_parquet(cell_path(layout, "llcm+tcd0.3", 2))
+    own = pd.read_parquet(cell_path(layout, "llcm", 2))
+    assert (tcd["status"] == "ok").all() and tcd["fid"].notna().all()
+    assert tcd["fid"].tolist() != own["fid"].tolist()
+
+
 def test_same_seed_same_numbers(world, grid):
     before = pd.read_parquet(cell_path(world["layout"], "teacher_dpmpp", 1))
     rows = run_cell("teacher_dpmpp", 1, world["params"], world["layout"])

@@ -47,6 +47,14 @@ def test_generate_from_the_champion_alias(store, tmp_path, capsys):
         (out / p.name).read_bytes() == p.read_bytes() for p in again.glob("[0-9][0-9][0-9].png")
     )
 
+    # --gamma samples the same model with TCD: other images, the gamma in the summary
+    capsys.readouterr()
+    tcd = tmp_path / "tcd"
+    assert generate(store, store["model_dir"], tcd, "--steps", "4", "--num-images", "8",
+                    "--seed", "0", "--guidance", "4", "--gamma", "0.3") == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["gamma"] == 0.3
+    assert (tcd / "000.png").read_bytes() != (out / "000.png").read_bytes()
+
 
 @pytest.mark.parametrize(
     ("model", "extra", "message"),
@@ -60,6 +68,7 @@ def test_generate_from_the_champion_alias(store, tmp_path, capsys):
             ["--steps", "51"],
             "exceeds the model's original_inference_steps 50",
         ),
+        ("models:/llcm@champion", ["--gamma", "1.5"], "gamma must lie in [0, 1]"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(store, tmp_path, capsys, model, extra, message):

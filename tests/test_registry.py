@@ -73,6 +73,10 @@ def test_pyfunc_predict_returns_png_images(store):
     single = model.predict({"prompt": "chest x-ray", "num_images": 3, "seed": 5})
     assert len(single) == 3
     assert model.predict({"prompt": "chest x-ray", "num_images": 3, "seed": 5}) == single
+    # an optional gamma column samples with TCD; a missing value keeps the model's sampler
+    mixed = pd.DataFrame({"prompt": ["chest x-ray"] * 2, "seed": [5, 5], "gamma": [0.3, None]})
+    tcd, own = model.predict(mixed, params={"steps": 4})
+    assert own == model.predict({"prompt": "chest x-ray", "seed": 5})[0] and tcd != own
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,42 @@ def test_generate_matches_stock_pipeline_images(saved, stock_class, request):
     assert image_grid(images, pad=0).size == (2 * IMAGE_SIZE, 2 * IMAGE_SIZE)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.3, 1.0])
+def test_tcd_gamma_matches_stock_sd_pipeline_with_tcd_scheduler(lcm_dir, gamma):
+    """``generate(gamma=)`` on an LCM-saved student is stock diffusers' TCD: the SD pipeline
+    on the same components, a TCDScheduler from the saved config, ``eta=gamma``, one seed."""
+    from diffusers import LatentConsistencyModelPipeline, StableDiffusionPipeline, TCDScheduler
+
+    lcm = LatentConsistencyModelPipeline.from_pretrained(lcm_dir)
+    stock = StableDiffusionPipeline(**lcm.components, requires_safety_checker=False)
+    stock.scheduler = TCDScheduler.from_config(lcm.scheduler.config, steps_offset=1)
+    stock.set_progress_bar_config(disable=True)
+    pipe = load_consistency_pipeline(lcm_dir)
+    for steps in (1, 2, 4):
+        ref = stock(
+            prompt=PROMPTS[1],
+            num_inference_steps=steps,
+            guidance_scale=4.0,
+            eta=gamma,
+            num_images_per_prompt=2,
+            generator=torch.Generator().manual_seed(5),
+            height=IMAGE_SIZE,
+            width=IMAGE_SIZE,
+            output_type="np",
+        ).images
+        images, _ = generate(pipe, PROMPTS[1], steps=steps, seed=5, num_images=2, gamma=gamma)
+        mine = np.stack([np.asarray(im) for im in images]).astype(np.float64)
+        assert np.abs(mine - np.round(ref * 255)).max() <= 1, f"steps={steps}"
+    # gamma changes the multistep images (not the one-step ones: no noise is injected there)
+    by_gamma = {g: generate(pipe, PROMPTS[1], steps=4, seed=5, gamma=g)[1] for g in (0.0, 0.5, 1.0)}
+    assert not torch.allclose(by_gamma[0.0], by_gamma[0.5])
+    assert not torch.allclose(by_gamma[0.5], by_gamma[1.0])
+    one = [generate(pipe, PROMPTS[1], steps=1, seed=5, gamma=g)[1] for g in (0.0, 1.0)]
+    assert torch.equal(*one)
+    with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
+        generate(pipe, PROMPTS[1], steps=2, gamma=1.5)
+
+
 def test_generate_rejects_bad_steps(lcm_dir):
     pipe = load_consistency_pipeline(lcm_dir)
     for steps in (0, 1000 // K + 1):

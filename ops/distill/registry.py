@@ -10,7 +10,8 @@ marks the served model is ``mlflow.champion_alias`` in params (default ``champio
 pyfunc input (``model.predict(model_input, params=None)``; the logged signature says so):
 
 - a ``pandas.DataFrame`` with a ``prompt`` column and optional columns ``steps``, ``guidance``
-  (diffusers' guidance_scale, = w + 1), ``seed``, ``num_images``: one request per row;
+  (diffusers' guidance_scale, = w + 1), ``seed``, ``num_images`` and ``gamma`` (TCD sampling at
+  that stochasticity; absent: the model's own sampler): one request per row;
 - or a dict with the same keys (one request; its ``prompt`` may be a list of prompts).
 
 Values missing from a request come from ``params`` (MLflow inference params with the same
@@ -55,6 +56,7 @@ SIGNATURE = ModelSignature(
             ColSpec("double", "guidance", required=False),
             ColSpec("long", "seed", required=False),
             ColSpec("long", "num_images", required=False),
+            ColSpec("double", "gamma", required=False),
         ]
     ),
     params=ParamSchema(
@@ -101,6 +103,7 @@ class ConsistencyPyfunc(mlflow.pyfunc.PythonModel):
                 guidance_scale=float(request["guidance"]),
                 seed=int(request["seed"]),
                 num_images=int(request["num_images"]),
+                gamma=None if request.get("gamma") is None else float(request["gamma"]),
             )
             out.extend(_png(image) for image in images)
         return out

@@ -15,9 +15,20 @@ Guidance: ``w`` is the LCM paper's guidance weight, the one the student was dist
 LCM pipeline embeds ``guidance_scale - 1``; the user-facing functions here (:func:`generate`,
 ``llcm generate --guidance``, the registry's pyfunc) take ``guidance_scale`` like diffusers.
 
-:func:`phased_sample` samples a phased student (PCM, ``distill.phased``): deterministic, one
-DDIM jump of the student per step to the next timestep of the same schedule, the last to t = 0,
-as diffusers' ``TCDScheduler`` at gamma (``eta``) = 0.
+:func:`tcd_sample` is TCD's strategic stochastic sampling (Zheng et al. 2024, "Trajectory
+Consistency Distillation"), written out as diffusers' ``TCDScheduler.step``: from z_t the
+student's prediction jumps (DDIM) to s = floor((1 - gamma) t_next), below the next timestep,
+and fresh noise carries it forward to t_next:
+
+    z_s      = sqrt(a_s) x0_hat + sqrt(1 - a_s) eps_hat
+    z_next   = sqrt(a_next / a_s) z_s + sqrt(1 - a_next / a_s) noise     (not after the last)
+
+gamma = 1 re-noises from (almost) x0 as LCM does; gamma = 0 is deterministic, one DDIM jump to
+the next timestep: :func:`phased_sample`, the sampler of a phased student (PCM,
+``distill.phased``). Any consistency student can be sampled at any gamma (``generate(gamma=)``,
+``llcm generate --gamma``, benchmark model ``<student>+tcd<gamma>``); stock diffusers does the
+same with ``StableDiffusionPipeline(**pipe.components)``, a ``TCDScheduler`` from the saved
+scheduler config and ``eta=gamma``.
 
 Noise is drawn with diffusers' ``randn_tensor`` from one ``torch.Generator`` in the pipeline's
 order (initial latents unless given, then one draw per intermediate step).
@@ -105,31 +116,60 @@ def consistency_sample(
 
 
 @torch.no_grad()
-def phased_sample(
+def tcd_sample(
     unet: nn.Module,
     prompt_embeds: Tensor,
     steps: int,
     w: float,
     generator: torch.Generator | None = None,
     *,
+    gamma: float,
     alphas_cumprod: Tensor,
     original_steps: int,
     latents: Tensor | None = None,
     latent_size: tuple[int, int] | None = None,
     prediction_type: str = "epsilon",
+    timesteps: Sequence[int] | None = None,
 ) -> Tensor:
-    """Deterministic phased sampling (TCD at gamma = 0): from z_T, one DDIM jump of the
-    student per step to the next timestep of the ``steps``-step schedule, the last to t = 0.
-    Returns the final latents; same arguments as ``consistency_sample``."""
+    """TCD sampling at stochasticity ``gamma`` in [0, 1] (module docstring); returns the final
+    latents, which the last step leaves at t = 0 (a_0 < 1), as ``TCDScheduler`` does. Same
+    arguments as :func:`consistency_sample`; noise is drawn only when gamma > 0, one draw per
+    intermediate step, so gamma = 0 uses the generator for z_T alone."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    if not 0.0 <= float(gamma) <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    device, dtype = prompt_embeds.device, prompt_embeds.dtype
     batch = prompt_embeds.shape[0]
-    timesteps = lcm_timesteps(steps, original_steps, len(alphas_cumprod))
-    timesteps = timesteps.to(prompt_embeds.device)
-    targets = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
+    if timesteps is None:
+        schedule = lcm_timesteps(steps, original_steps, len(alphas_cumprod)).to(device)
+    else:
+        schedule = torch.as_tensor(list(timesteps), dtype=torch.long, device=device)
+    nexts = torch.cat([schedule[1:], schedule.new_zeros(1)])
+    alphas_cumprod = alphas_cumprod.to(device)
     z, w_emb = _start(unet, prompt_embeds, w, generator, latents, latent_size)
-    for t, edge in zip(timesteps, targets, strict=True):
+    for i, (t, t_next) in enumerate(zip(schedule, nexts, strict=True)):
+        s = torch.floor((1 - float(gamma)) * t_next.cpu()).long().to(device)  # TCDScheduler's
         out = unet(z, t, timestep_cond=w_emb, encoder_hidden_states=prompt_embeds).sample
-        z = ddim_jump(out, z, t.expand(batch), edge.expand(batch), alphas_cumprod, prediction_type)
+        z = ddim_jump(out, z, t.expand(batch), s.expand(batch), alphas_cumprod, prediction_type)
+        if gamma > 0 and i < len(schedule) - 1:
+            ratio = append_dims(alphas_cumprod[t_next] / alphas_cumprod[s], z.ndim).to(dtype)
+            noise = randn_tensor(z.shape, generator=generator, device=device, dtype=dtype)
+            z = ratio.sqrt() * z + (1 - ratio).sqrt() * noise
     return z
+
+
+def phased_sample(
+    unet: nn.Module,
+    prompt_embeds: Tensor,
+    steps: int,
+    w: float,
+    generator: torch.Generator | None = None,
+    **kwargs: Any,
+) -> Tensor:
+    """Deterministic phased sampling, a phased student's own (PCM): :func:`tcd_sample` at
+    gamma = 0, one DDIM jump of the student per step to the next timestep, the last to t = 0."""
+    return tcd_sample(unet, prompt_embeds, steps, w, generator, gamma=0.0, **kwargs)
 
 
 def _start(
@@ -326,12 +366,15 @@ def generate(
     num_images: int = 1,
     height: int | None = None,
     width: int | None = None,
+    gamma: float | None = None,
 ) -> tuple[list[Any], Tensor]:
     """Images for ``prompts`` (``num_images`` each, prompt-major) and their latents.
 
     Returns (PIL images, denoised latents). ``guidance_scale`` is diffusers' (w + 1); the same
     seed gives the same images, as ``LatentConsistencyModelPipeline`` with the same generator
-    (a phased student: as ``StableDiffusionPipeline`` with its ``TCDScheduler``).
+    (a phased student: as ``StableDiffusionPipeline`` with its ``TCDScheduler``). ``gamma``
+    samples with TCD at that stochasticity (:func:`tcd_sample`; as ``StableDiffusionPipeline``
+    with a ``TCDScheduler`` and ``eta=gamma``) instead of the model's own sampler (None).
     """
     from PIL import Image
 
@@ -356,8 +399,18 @@ def generate(
         latent_size=size,
         prediction_type=pipe.prediction_type,
     )
-    if pipe.phased:
-        latents = phased_sample(pipe.unet, embeds, steps, guidance_scale - 1.0, generator, **common)
+    timesteps = sampler_timesteps(pipe.metadata, steps)
+    if gamma is not None or pipe.phased:
+        latents = tcd_sample(
+            pipe.unet,
+            embeds,
+            steps,
+            guidance_scale - 1.0,
+            generator,
+            gamma=0.0 if gamma is None else float(gamma),
+            timesteps=timesteps,
+            **common,
+        )
     else:
         latents = consistency_sample(
             pipe.unet,
@@ -366,7 +419,7 @@ def generate(
             guidance_scale - 1.0,
             generator,
             timestep_scaling=pipe.timestep_scaling,
-            timesteps=sampler_timesteps(pipe.metadata, steps),
+            timesteps=timesteps,
             **common,
         )
     pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample

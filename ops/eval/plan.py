@@ -12,6 +12,8 @@ sampler, at which step counts. Two families:
 
 Any name that is not a built-in diffusion spec is a consistency model at ``models/<name>``
 (``lcm``, ``llcm``, ``llcm2``, ``llcm_k10``...), so new students need no code here.
+``<student>+tcd<gamma>`` (``llcm_dmd+tcd0.3``) is that student sampled with TCD at stochasticity
+gamma (``ops.distill.sampling.tcd_sample``) instead of its own sampler: a row of its own.
 
 Why ``timestep_spacing="trailing"`` for the diffusion samplers: SD's saved scheduler config uses
 diffusers' ``leading`` spacing with ``steps_offset=1``, which makes a 1-step DDIM start at t=1
@@ -28,6 +30,7 @@ step-comparison grids compare like with like.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,7 @@ class ModelSpec:
     scheduler: str | None = None  # diffusion: "ddim" | "dpmpp"
     fixed_steps: int | None = None  # measured at this step count only (a reference row)
     identifier_prompts: bool = False  # DreamBooth: sample with the rare-token prompt
+    gamma: float | None = None  # consistency: TCD's stochasticity; None: the model's own sampler
 
 
 BUILTIN_SPECS: dict[str, ModelSpec] = {
@@ -74,9 +78,21 @@ BUILTIN_SPECS: dict[str, ModelSpec] = {
 }
 
 
+TCD_SUFFIX = re.compile(r"^(?P<student>.+)\+tcd(?P<gamma>[0-9]*\.?[0-9]+)$")
+
+
 def model_spec(name: str) -> ModelSpec:
-    """The spec of a benchmark model name (unknown names are consistency models)."""
-    return BUILTIN_SPECS.get(name) or ModelSpec(name, "consistency", name)
+    """The spec of a benchmark model name (unknown names are consistency models; a
+    ``+tcd<gamma>`` suffix samples one with TCD at that gamma)."""
+    if name in BUILTIN_SPECS:
+        return BUILTIN_SPECS[name]
+    tcd = TCD_SUFFIX.match(name)
+    if tcd is None:
+        return ModelSpec(name, "consistency", name)
+    gamma = float(tcd["gamma"])
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"{name}: TCD's gamma must lie in [0, 1], got {gamma}")
+    return ModelSpec(name, "consistency", tcd["student"], gamma=gamma)
 
 
 def grid_models(params: dict[str, Any]) -> list[str]:
@@ -255,13 +271,18 @@ class ConsistencySampler:
     unet_calls_per_step = 1
 
     def __init__(
-        self, directory: Path, guidance_scale: float, device: torch.device | None = None
+        self,
+        directory: Path,
+        guidance_scale: float,
+        device: torch.device | None = None,
+        gamma: float | None = None,
     ) -> None:
         from ops.distill.sampling import load_consistency_pipeline
 
         _quiet_diffusers()
         self.pipe = load_consistency_pipeline(directory, device=device or _device())
         self.guidance_scale = float(guidance_scale)
+        self.gamma = gamma
 
     def prompt_for(self, class_name: str, class_prompt: str) -> tuple[str, str | None]:
         return class_prompt, None
@@ -282,6 +303,7 @@ class ConsistencySampler:
             guidance_scale=self.guidance_scale,
             seed=int(seed),
             num_images=int(n),
+            gamma=self.gamma,
         )
         return np.stack([np.asarray(img.convert("RGB")) for img in pil])
 
@@ -305,4 +327,4 @@ def open_sampler(
             spec.identifier_prompts,
             device=where,
         )
-    return ConsistencySampler(directory, guidance, device=where)
+    return ConsistencySampler(directory, guidance, device=where, gamma=spec.gamma)

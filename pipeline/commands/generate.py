@@ -11,7 +11,8 @@ training prompt of each class); ``--list-classes`` prints that table.
 writes ``000.png`` ... and ``grid.png`` into ``--out`` and prints a JSON summary. ``--model`` is
 ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or a saved pipeline directory;
 ``--guidance`` is diffusers' guidance_scale (the distilled w + 1), default
-``sampling.guidance_scale``.
+``sampling.guidance_scale``; ``--gamma`` samples with TCD at that stochasticity (0: deterministic,
+1: LCM-like) instead of the model's own sampler.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
+    if args.gamma is not None and not 0.0 <= args.gamma <= 1.0:
+        raise ValueError(f"--gamma must lie in [0, 1], got {args.gamma}")
     guidance = args.guidance
     if guidance is None:
         guidance = float((params.get("sampling") or {}).get("guidance_scale", 4.0))
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         num_images=args.num_images,
         height=args.height,
         width=args.width,
+        gamma=args.gamma,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -77,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         "prompt": prompt,
         "steps": args.steps,
         "guidance_scale": guidance,
+        "gamma": args.gamma,
         "seed": args.seed,
         "images": paths,
         "grid": str(grid),
@@ -135,6 +140,12 @@ def register(sub) -> None:
         type=float,
         default=None,
         help="guidance scale as in diffusers (= distilled w + 1; default sampling.guidance_scale)",
+    )
+    parser.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="sample with TCD at this gamma in [0, 1] (default: the model's own sampler)",
     )
     parser.add_argument("--height", type=int, default=None, help="image height (default: model's)")
     parser.add_argument("--width", type=int, default=None, help="image width (default: model's)")
