@@ -189,20 +189,27 @@ def test_fresh_cells_are_reused_and_changed_inputs_rerun(world, grid):
 
 
 def test_a_tcd_suffix_benchmarks_the_student_with_tcd_sampling(world, grid):
-    """``llcm+tcd0.3`` samples models/llcm with TCD at gamma 0.3: its own row, measured (not
+    """``llcm-tcd0.3`` samples models/llcm with TCD at gamma 0.3: its own row, measured (not
     copied from llcm's cell), with other numbers at 2 steps."""
-    spec = model_spec("llcm+tcd0.3")
+    spec = model_spec("llcm-tcd0.3")
     assert (spec.directory, spec.gamma, spec.family) == ("llcm", 0.3, "consistency")
     assert model_spec("llcm").gamma is None
     with pytest.raises(ValueError, match=r"gamma must lie in \[0, 1\]"):
-        model_spec("llcm+tcd1.5")
+        model_spec("llcm-tcd1.5")
     params, layout = world["params"], world["layout"]
-    done = run_cells(params, layout, [("llcm+tcd0.3", 2)])
-    assert done["measured"] == ["llcm+tcd0.3__2"]
-    tcd = pd.read_parquet(cell_path(layout, "llcm+tcd0.3", 2))
+    done = run_cells(params, layout, [("llcm-tcd0.3", 2)])
+    assert done["measured"] == ["llcm-tcd0.3__2"]
+    tcd = pd.read_parquet(cell_path(layout, "llcm-tcd0.3", 2))
     own = pd.read_parquet(cell_path(layout, "llcm", 2))
     assert (tcd["status"] == "ok").all() and tcd["fid"].notna().all()
     assert tcd["fid"].tolist() != own["fid"].tolist()
+    # the row's name is a valid MLflow metric name in the project's store (log_to_mlflow)
+    import mlflow
+
+    from ops.tracking.mlflow_setup import setup_mlflow
+
+    with mlflow.start_run(experiment_id=setup_mlflow(layout, params)):
+        mlflow.log_metric(f"fid/{spec.name}", float(tcd["fid"].iloc[0]), step=2)
 
 
 def test_same_seed_same_numbers(world, grid):

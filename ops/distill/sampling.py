@@ -26,9 +26,10 @@ and fresh noise carries it forward to t_next:
 gamma = 1 re-noises from (almost) x0 as LCM does; gamma = 0 is deterministic, one DDIM jump to
 the next timestep: :func:`phased_sample`, the sampler of a phased student (PCM,
 ``distill.phased``). Any consistency student can be sampled at any gamma (``generate(gamma=)``,
-``llcm generate --gamma``, benchmark model ``<student>+tcd<gamma>``); stock diffusers does the
-same with ``StableDiffusionPipeline(**pipe.components)``, a ``TCDScheduler`` from the saved
-scheduler config and ``eta=gamma``.
+``llcm generate --gamma``, benchmark model ``<student>-tcd<gamma>``: a dash, as MLflow metric
+names allow no "+"); stock diffusers does the same with
+``StableDiffusionPipeline(**pipe.components)``, a ``TCDScheduler`` from the saved scheduler
+config and ``eta=gamma``.
 
 Noise is drawn with diffusers' ``randn_tensor`` from one ``torch.Generator`` in the pipeline's
 order (initial latents unless given, then one draw per intermediate step).

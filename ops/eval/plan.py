@@ -12,7 +12,7 @@ sampler, at which step counts. Two families:
 
 Any name that is not a built-in diffusion spec is a consistency model at ``models/<name>``
 (``lcm``, ``llcm``, ``llcm2``, ``llcm_k10``...), so new students need no code here.
-``<student>+tcd<gamma>`` (``llcm_dmd+tcd0.3``) is that student sampled with TCD at stochasticity
+``<student>-tcd<gamma>`` (``llcm_dmd-tcd0.3``) is that student sampled with TCD at stochasticity
 gamma (``ops.distill.sampling.tcd_sample``) instead of its own sampler: a row of its own.
 
 Why ``timestep_spacing="trailing"`` for the diffusion samplers: SD's saved scheduler config uses
@@ -78,12 +78,12 @@ BUILTIN_SPECS: dict[str, ModelSpec] = {
 }
 
 
-TCD_SUFFIX = re.compile(r"^(?P<student>.+)\+tcd(?P<gamma>[0-9]*\.?[0-9]+)$")
+TCD_SUFFIX = re.compile(r"^(?P<student>.+)-tcd(?P<gamma>[0-9]*\.?[0-9]+)$")
 
 
 def model_spec(name: str) -> ModelSpec:
     """The spec of a benchmark model name (unknown names are consistency models; a
-    ``+tcd<gamma>`` suffix samples one with TCD at that gamma)."""
+    ``-tcd<gamma>`` suffix samples one with TCD at that gamma)."""
     if name in BUILTIN_SPECS:
         return BUILTIN_SPECS[name]
     tcd = TCD_SUFFIX.match(name)
