@@ -93,6 +93,35 @@ def test_backward_simulation_is_the_few_step_sampler_run_to_each_stop(nets):
     torch.testing.assert_close(z[1], noise_to(x0, fresh, torch.tensor([499, 499]), ALPHAS)[1])
 
 
+def test_backward_simulation_runs_only_the_samples_still_simulating(nets):
+    """Against the whole-batch loop (every sample through the generator at every step, the
+    stopped ones kept by a mask): the same inputs up to float rounding, and the same random
+    stream (the next draw from the generator is the same)."""
+    generator, _, prompts = nets
+    timesteps = [999, 759, 499, 259]
+    batch = 12
+    prompts = prompts[torch.arange(batch) % 2]
+    noise = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    w_emb = guidance_embedding(torch.full((batch,), 3.0), generator.config.time_cond_proj_dim)
+    stop = torch.tensor([0, 3, 1, 2, 3, 0, 1, 1, 2, 0, 3, 2])
+    rng = torch.Generator().manual_seed(5)
+    z, t = backward_simulation(generator, noise, timesteps, stop, w_emb, prompts, ALPHAS,
+                               SCALINGS, rng)  # fmt: skip
+    ref_rng = torch.Generator().manual_seed(5)
+    ref = noise
+    with torch.no_grad():
+        for step in range(3):
+            steps = torch.full((batch,), timesteps[step])
+            x0 = generator_x0(generator, ref, steps, w_emb, prompts, ALPHAS, SCALINGS)
+            fresh = torch.randn(noise.shape, generator=ref_rng)
+            nxt = noise_to(x0, fresh, torch.full((batch,), timesteps[step + 1]), ALPHAS)
+            ref = torch.where((stop > step).reshape(-1, 1, 1, 1), nxt, ref)
+    torch.testing.assert_close(z, ref, rtol=1e-5, atol=1e-5)
+    assert t.tolist() == [timesteps[s] for s in stop.tolist()]
+    assert torch.equal(z[stop == 0], noise[stop == 0])
+    assert torch.equal(torch.rand(3, generator=rng), torch.rand(3, generator=ref_rng))
+
+
 def test_one_step_slot_is_pure_noise_at_its_timestep(nets):
     """With ``one_step_timestep`` one slot more: pure noise presented as t = 399 (DMD2's
     one-step generator); the other slots are backward simulation's. Without it, the draw and

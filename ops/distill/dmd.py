@@ -80,17 +80,32 @@ def backward_simulation(
     Runs the few-step sampler (LCM's multistep sampling: predict x0, noise it afresh to the
     next timestep) from pure noise at ``timesteps[0]`` for ``stop`` steps, without gradient
     (DMD2's "backward simulation"). Samples with ``stop = 0`` keep their noise.
+
+    Each step evaluates the generator only on the samples still simulating (about half the
+    batch at 4 slots, once the one-step slot takes its share, against all of it every step),
+    while the fresh noise is still drawn for the whole batch, so the random stream is the
+    same whichever samples stop where.
     """
     z = noise
     grid = torch.as_tensor(list(timesteps), device=noise.device)
     with torch.no_grad():
         for step in range(int(stop.max().item()) if len(stop) else 0):
-            active = stop > step
-            t = grid[step].expand(len(z))
-            x0 = generator_x0(generator, z, t, w_emb, prompt_embeds, alphas_cumprod, scalings)
+            active = (stop > step).nonzero(as_tuple=True)[0]
+            t = grid[step].expand(len(active))
+            x0 = generator_x0(
+                generator,
+                z[active],
+                t,
+                w_emb[active],
+                prompt_embeds[active],
+                alphas_cumprod,
+                scalings,
+            )
             fresh = randn(z.shape, rng, z.device, z.dtype)
-            nxt = noise_to(x0, fresh, grid[step + 1].expand(len(z)), alphas_cumprod)
-            z = torch.where(append_dims(active, z.ndim), nxt, z)
+            z = z.clone()
+            z[active] = noise_to(
+                x0, fresh[active], grid[step + 1].expand(len(active)), alphas_cumprod
+            )
     return z, grid[stop]
 
 
