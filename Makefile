@@ -45,9 +45,10 @@ run: $(STAMP)
 	$(BIN)/llcm report
 
 # The studies past make run's 30-minute budget, on the models make run trained (run it first):
-# the skip-k ablation students (Fig. 3) and their benchmark cells, utility (train on synthetic,
-# test on real), the memorisation audit and the dog cardiac X-ray fine-tune; the Dagster job `experiments_job` is the same
-# selection. The benchmark reruns only the cells that are new or stale.
+# the skip-k ablation and recipe-variant students (Fig. 3), the phased student llcm_pcm and their
+# benchmark cells, utility (train on synthetic, test on real), the memorisation audit and the dog
+# cardiac X-ray fine-tune; the Dagster job `experiments_job` is the same selection. The benchmark
+# reruns only the cells that are new or stale.
 experiments: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions --select 'group:distill_ablation or group:privacy or key:benchmark or key:dog_thorax_finetune'

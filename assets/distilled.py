@@ -81,7 +81,9 @@ def distilled_asset(
 llcm = distilled_asset("llcm", priority=1)
 lcm = distilled_asset("lcm")
 llcm2 = distilled_asset("llcm2")
-llcm_pcm = distilled_asset("llcm_pcm")
+# a study, not a make run model: the phased objective lost to llcm at every step count
+# (README), so it trains with the ablation students under make experiments
+llcm_pcm = distilled_asset("llcm_pcm", "distill_ablation")
 llcm_dmd = distilled_asset("llcm_dmd", deps=("teacher", "latents", "llcm"), priority=1)
 ABLATION_ASSETS = [
     distilled_asset(name, "distill_ablation") for name in ablation_models(load_params())

@@ -32,8 +32,9 @@ experiments_job = dg.define_asset_job(
     selection=dg.AssetSelection.groups("distill_ablation", "privacy")
     | dg.AssetSelection.assets("benchmark", "dog_thorax_finetune"),
     description=(
-        "The studies outside make run's budget (make experiments): the skip-k ablation "
-        "students and their benchmark cells, train-on-synthetic utility, the memorisation "
+        "The studies outside make run's budget (make experiments): the skip-k ablation and "
+        "recipe-variant students, the phased student llcm_pcm, their benchmark cells, "
+        "train-on-synthetic utility, the memorisation "
         "audit of every privacy.models model, and the unseen dog cardiac X-ray experiment."
     ),
 )

@@ -297,6 +297,12 @@ def test_make_run_selection_excludes_only_the_partitioned_asset():
     names = {k.to_user_string() for k in selected}
     assert {"domain_classifier", "dreambooth", "benchmark", "llcm", "lcm"} <= names
     assert not names & {"benchmark_cells", "finetuned", "dog_thorax_finetune", "utility"}
+    # the phased study student trains under make experiments (its Dagster job too)
+    from pipeline.schedules import experiments_job
+
+    assert "llcm_pcm" not in names
+    studies = experiments_job.selection.resolve(graph)
+    assert dg.AssetKey("llcm_pcm") in studies and dg.AssetKey("llcm_k10") in studies
     partitioned = [k for k in selected if graph.get(k).partitions_def is not None]
     assert partitioned == []
     # without the cells in the selection, the summary must still run after every model
