@@ -5,8 +5,8 @@ a fix to a sampler or a metric left stale numbers in place. Now it also hashes t
 the code that decides the numbers, split by what it affects:
 
 * metric code (features, estimators, the bootstrap, the reference sets): every cell;
-* sampler code: ``plan.py`` for every model, ``ops/distill/sampling.py`` for consistency
-  models only, so a change to the student sampler re-runs the students and not the teacher;
+* sampler code: ``plan.py`` for every model, ``ops/distill/sampling.py`` and ``samplers.py``
+  for consistency models only, so a change to the student sampler re-runs the students and not the teacher;
 * library versions (torch, diffusers, numpy, scipy, clean-fid, Pillow, ...): every cell.
 
 Content hashes need no version number to bump by hand; the price is that an edit to a comment
@@ -31,7 +31,7 @@ METRIC_CODE = tuple(
 )  # fmt: skip
 SAMPLER_CODE = {
     "diffusion": ("eval/plan.py", "eval/shards.py"),
-    "consistency": ("eval/plan.py", "eval/shards.py", "distill/sampling.py"),
+    "consistency": ("eval/plan.py", "eval/shards.py", "distill/sampling.py", "distill/samplers.py"),
 }
 LIBRARIES = (
     "torch", "numpy", "scipy", "diffusers", "transformers", "clean-fid", "pillow", "safetensors",
