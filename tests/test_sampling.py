@@ -99,6 +99,27 @@ def test_sampler_matches_stock_pipeline(lcm_dir):
     assert not torch.allclose(other, mine)
 
 
+def stock_pixels(stock, prompt: str, *, steps: int, seed: int, n: int, **kwargs) -> np.ndarray:
+    """A stock diffusers pipeline's images in [0, 1], seeded as ``generate`` seeds."""
+    kwargs.setdefault("guidance_scale", 4.0)
+    return stock(
+        prompt=prompt,
+        num_inference_steps=steps,
+        num_images_per_prompt=n,
+        generator=torch.Generator().manual_seed(seed),
+        height=IMAGE_SIZE,
+        width=IMAGE_SIZE,
+        output_type="np",
+        **kwargs,
+    ).images
+
+
+def assert_same_pixels(images, ref: np.ndarray, msg: str = "") -> None:
+    """Our PIL images equal the stock pipeline's within one 8-bit level."""
+    mine = np.stack([np.asarray(im) for im in images]).astype(np.float64)
+    assert np.abs(mine - np.round(ref * 255)).max() <= 1, msg
+
+
 @pytest.fixture(scope="module")
 def pcm_dir(tmp_path_factory):
     return build_micro_pcm(tmp_path_factory.mktemp("sampling_pcm"), K)
@@ -116,23 +137,13 @@ def test_generate_matches_stock_pipeline_images(saved, stock_class, request):
     directory = request.getfixturevalue(saved)
     stock = getattr(diffusers, stock_class).from_pretrained(directory)
     stock.set_progress_bar_config(disable=True)
-    ref = stock(
-        prompt=PROMPTS[2],
-        num_inference_steps=4,
-        guidance_scale=3.0,
-        num_images_per_prompt=3,
-        generator=torch.Generator().manual_seed(11),
-        height=IMAGE_SIZE,
-        width=IMAGE_SIZE,
-        output_type="np",
-    ).images
+    ref = stock_pixels(stock, PROMPTS[2], steps=4, seed=11, n=3, guidance_scale=3.0)
     images, _ = generate(
         load_consistency_pipeline(directory), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
         num_images=3,
     )  # fmt: skip
     assert len(images) == 3 and images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
-    mine = np.stack([np.asarray(im) for im in images]).astype(np.float64)
-    assert np.abs(mine - np.round(ref * 255)).max() <= 1
+    assert_same_pixels(images, ref)
     again, _ = generate(
         load_consistency_pipeline(directory), PROMPTS[2], steps=4, guidance_scale=3.0, seed=11,
         num_images=3,
@@ -153,20 +164,9 @@ def test_tcd_gamma_matches_stock_sd_pipeline_with_tcd_scheduler(lcm_dir, gamma):
     stock.set_progress_bar_config(disable=True)
     pipe = load_consistency_pipeline(lcm_dir)
     for steps in (1, 2, 4):
-        ref = stock(
-            prompt=PROMPTS[1],
-            num_inference_steps=steps,
-            guidance_scale=4.0,
-            eta=gamma,
-            num_images_per_prompt=2,
-            generator=torch.Generator().manual_seed(5),
-            height=IMAGE_SIZE,
-            width=IMAGE_SIZE,
-            output_type="np",
-        ).images
+        ref = stock_pixels(stock, PROMPTS[1], steps=steps, seed=5, n=2, eta=gamma)
         images, _ = generate(pipe, PROMPTS[1], steps=steps, seed=5, num_images=2, gamma=gamma)
-        mine = np.stack([np.asarray(im) for im in images]).astype(np.float64)
-        assert np.abs(mine - np.round(ref * 255)).max() <= 1, f"steps={steps}"
+        assert_same_pixels(images, ref, f"steps={steps}")
     # gamma changes the multistep images (not the one-step ones: no noise is injected there)
     by_gamma = {g: generate(pipe, PROMPTS[1], steps=4, seed=5, gamma=g)[1] for g in (0.0, 0.5, 1.0)}
     assert not torch.allclose(by_gamma[0.0], by_gamma[0.5])
