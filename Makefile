@@ -35,10 +35,10 @@ $(DVC):
 	$(call QUIET_PIP,$(DVC_VENV)/bin,dvc==$(DVC_VERSION))
 	$(DVC) --version
 
-# make run and make experiments need .venv only (dvc is for `dvc repro` and the tests; `make env`
-# builds both). Two assets at a time: every tiny stage trains on one torch thread (params.yaml `threads`), so
-# on a 2-core machine the distillations run in pairs; the benchmark runs last, alone, sharded
-# over two processes (configs/make_run.yaml).
+# make run and make experiments need .venv only (dvc is for `dvc repro` and the tests; `make
+# env` builds both). Two assets at a time: every tiny stage trains on one torch thread
+# (params.yaml `threads`), so on a 2-core machine the distillations run in pairs; the benchmark
+# runs last, alone, sharded over two processes (configs/make_run.yaml).
 run: $(STAMP)
 	mkdir -p $(DAGSTER_HOME)
 	LLCM_MAX_CONCURRENT=$${LLCM_MAX_CONCURRENT:-2} $(BIN)/dagster asset materialize -m pipeline.definitions -c configs/make_run.yaml --select '* and not key:benchmark_cells and not key:champion_benchmark and not group:privacy and not group:distill_ablation and not group:finetune'

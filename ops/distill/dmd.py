@@ -86,7 +86,7 @@ def backward_simulation(
     while the fresh noise is still drawn for the whole batch, so the random stream is the
     same whichever samples stop where.
     """
-    z = noise
+    z = noise.clone()  # updated in place, sample by sample; the caller's noise stays as it is
     grid = torch.as_tensor(list(timesteps), device=noise.device)
     with torch.no_grad():
         for step in range(int(stop.max().item()) if len(stop) else 0):
@@ -102,7 +102,6 @@ def backward_simulation(
                 scalings,
             )
             fresh = randn(z.shape, rng, z.device, z.dtype)
-            z = z.clone()
             z[active] = noise_to(
                 x0, fresh[active], grid[step + 1].expand(len(active)), alphas_cumprod
             )

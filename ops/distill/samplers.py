@@ -104,6 +104,15 @@ def consistency_sample(
     return denoised
 
 
+def check_gamma(gamma: float) -> float:
+    """TCD's stochasticity as a float, refused outside [0, 1] (``TCDScheduler`` asserts the
+    same); the one check behind ``tcd_sample``, ``llcm generate --gamma`` and the benchmark's
+    ``-tcd<gamma>`` rows."""
+    if not 0.0 <= float(gamma) <= 1.0:
+        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    return float(gamma)
+
+
 @torch.no_grad()
 def tcd_sample(
     unet: nn.Module,
@@ -126,8 +135,7 @@ def tcd_sample(
     intermediate step, so gamma = 0 uses the generator for z_T alone."""
     from diffusers.utils.torch_utils import randn_tensor
 
-    if not 0.0 <= float(gamma) <= 1.0:
-        raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+    gamma = check_gamma(gamma)
     device, dtype = prompt_embeds.device, prompt_embeds.dtype
     batch = prompt_embeds.shape[0]
     if timesteps is None:

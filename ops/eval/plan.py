@@ -13,7 +13,7 @@ sampler, at which step counts. Two families:
 Any name that is not a built-in diffusion spec is a consistency model at ``models/<name>``
 (``lcm``, ``llcm``, ``llcm2``, ``llcm_k10``...), so new students need no code here.
 ``<student>-tcd<gamma>`` (``llcm_dmd-tcd0.3``) is that student sampled with TCD at stochasticity
-gamma (``ops.distill.sampling.tcd_sample``) instead of its own sampler: a row of its own.
+gamma (``ops.distill.samplers.tcd_sample``) instead of its own sampler: a row of its own.
 
 Why ``timestep_spacing="trailing"`` for the diffusion samplers: SD's saved scheduler config uses
 diffusers' ``leading`` spacing with ``steps_offset=1``, which makes a 1-step DDIM start at t=1
@@ -89,10 +89,9 @@ def model_spec(name: str) -> ModelSpec:
     tcd = TCD_SUFFIX.match(name)
     if tcd is None:
         return ModelSpec(name, "consistency", name)
-    gamma = float(tcd["gamma"])
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"{name}: TCD's gamma must lie in [0, 1], got {gamma}")
-    return ModelSpec(name, "consistency", tcd["student"], gamma=gamma)
+    from ops.distill.samplers import check_gamma  # torch loads only for a -tcd row
+
+    return ModelSpec(name, "consistency", tcd["student"], gamma=check_gamma(tcd["gamma"]))
 
 
 def grid_models(params: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ from ops.config import add_config_args, config_from_args
 
 def run(args: argparse.Namespace) -> int:
     from ops.distill.registry import resolve_model_uri
+    from ops.distill.samplers import check_gamma
     from ops.distill.sampling import generate, load_consistency_pipeline
     from ops.training.grids import image_grid
     from ops.training.samples import read_class_table
@@ -38,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--steps must be at least 1, got {args.steps}")
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
-    if args.gamma is not None and not 0.0 <= args.gamma <= 1.0:
-        raise ValueError(f"--gamma must lie in [0, 1], got {args.gamma}")
+    if args.gamma is not None:
+        check_gamma(args.gamma)  # before any model is loaded
     guidance = args.guidance
     if guidance is None:
         guidance = float((params.get("sampling") or {}).get("guidance_scale", 4.0))
